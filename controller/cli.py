@@ -1,0 +1,148 @@
+"""`cellfab` command line: run, check, simulate, demo.
+
+Exit codes: 0 ok, 2 invalid configuration (every error listed as `FILE: path.to.key: msg`),
+1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from controller.configload import ConfigError, load_site
+from controller.logsetup import setup_logging
+
+EXIT_INVALID = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `cellfab` console script."""
+    args = _parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cellfab",
+        description="Control and telemetry daemon for GMP cell-therapy cleanrooms.",
+    )
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon", description="Poll every device of "
+                         "the site file and forward readings to MQTT and InfluxDB until "
+                         "SIGTERM/SIGINT; in-flight data is flushed on the way out.")
+    _config_arg(run)
+    _log_arg(run)
+    run.set_defaults(handler=_cmd_run)
+
+    check = sub.add_parser("check", help="validate a site file and exit",
+                           description="Validate a site file (with CELLFAB_* overrides and "
+                           "device profiles). Exit 0 if valid, 2 if not, listing every error.")
+    _config_arg(check)
+    check.set_defaults(handler=_cmd_check)
+
+    simulate = sub.add_parser("simulate", help="serve a simulator for every device",
+                              description="Serve the simulator of every device that has a "
+                              "[devices.simulator] table, at the endpoint the file gives it.")
+    _config_arg(simulate)
+    _log_arg(simulate)
+    simulate.set_defaults(handler=_cmd_simulate)
+
+    demo = sub.add_parser("demo", help="simulated floor + daemon with a live view",
+                          description="Run the simulated suite and the daemon in one "
+                          "process on the embedded defaults (config/demo.toml), with a live "
+                          "view of every tag. No external service is needed; set "
+                          "CELLFAB_MQTT_URL / CELLFAB_INFLUX_URL to also forward there.")
+    demo.add_argument("--duration-s", type=float, default=None,
+                      help="stop after this many seconds (default: until Ctrl-C)")
+    demo.add_argument("--no-view", action="store_true", help="log only, no live table")
+    _log_arg(demo, default="WARNING")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, required=True, metavar="FILE",
+                        help="site file (TOML)")
+
+
+def _log_arg(parser: argparse.ArgumentParser, default: str = "INFO") -> None:
+    parser.add_argument("--log-level", default=default,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log threshold")
+
+
+def _load_or_report(path: Path, *, read_secrets: bool = True) -> Any:
+    try:
+        return load_site(path, read_secrets=read_secrets)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return None
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load_or_report(args.config, read_secrets=False)
+    if cfg is None:
+        return EXIT_INVALID
+    print(f"{args.config}: ok ({len(cfg.devices)} devices)")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    cfg = _load_or_report(args.config)
+    if cfg is None:
+        return EXIT_INVALID
+    from controller.app import Daemon  # noqa: PLC0415 — keeps `check` fast and light
+
+    async def daemon(stop: asyncio.Event) -> None:
+        await Daemon(cfg).run(stop)
+
+    return _run_until_signal(daemon)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    cfg = _load_or_report(args.config)
+    if cfg is None:
+        return EXIT_INVALID
+    from simulators.runner import serve_until  # noqa: PLC0415
+
+    async def simulate(stop: asyncio.Event) -> None:
+        await serve_until(cfg.devices, stop)
+
+    return _run_until_signal(simulate)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    from controller.demo import run_demo  # noqa: PLC0415
+
+    async def demo(stop: asyncio.Event) -> None:
+        await run_demo(stop, view=not args.no_view, duration_s=args.duration_s)
+
+    return _run_until_signal(demo)
+
+
+def _run_until_signal(main_coro: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> int:
+    """Run `main_coro(stop)`; SIGTERM/SIGINT set `stop` so it can shut down cleanly."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main_coro(stop)
+
+    asyncio.run(runner())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The site file's schema: frozen pydantic models, unknown keys are errors, units in names.
+
+Secrets (the InfluxDB token, the MQTT password) never have to be in this file: they come
+from `CELLFAB_*` environment variables or from files named here (`*_file`), which is what
+systemd's `LoadCredential=` provides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from drivers.registermap import Frozen
+from drivers.registry import DeviceConfig
+
+SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class SiteSection(Frozen):
+    """Who we are: the id is the MQTT prefix's last part and the `site` tag in InfluxDB."""
+
+    id: str = Field(pattern=SLUG)
+    name: str = ""
+
+
+class StateSection(Frozen):
+    """Where the daemon keeps local state (journal, later the spool and the audit trail)."""
+
+    dir: Path = Path("/var/lib/cellfab")
+
+
+class MqttSection(Frozen):
+    """The broker that receives telemetry and status; no `url` means MQTT is off."""
+
+    url: str | None = Field(default=None, description="mqtt://host:port or mqtts://host:port")
+    username: str | None = None
+    password: SecretStr | None = Field(default=None, description="prefer password_file or env")
+    password_file: Path | None = None
+    tls_ca_file: Path | None = None
+    topic_prefix: str | None = Field(default=None, description="default: cellfab/<site.id>")
+    client_id: str | None = Field(default=None, description="default: cellfab-<site.id>")
+    telemetry_qos: Literal[0, 1, 2] = 1
+    keepalive_s: int = Field(default=15, ge=5, le=3600)
+    publish_timeout_s: float = Field(default=5.0, gt=0.0)
+    reconnect_min_s: float = Field(default=0.5, gt=0.0)
+    reconnect_max_s: float = Field(default=30.0, gt=0.0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("must start with mqtt:// or mqtts://")
+        return url
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, prefix: str | None) -> str | None:
+        if prefix is not None and (not prefix or prefix.endswith("/") or "#" in prefix or "+" in prefix):
+            raise ValueError("must be non-empty, without a trailing '/' and without wildcards")
+        return prefix
+
+
+class InfluxSection(Frozen):
+    """The time-series store (InfluxDB 2/3 or anything speaking /api/v2/write); no url: off."""
+
+    url: str | None = Field(default=None, description="http(s)://host:port")
+    org: str = "cellfab"
+    bucket: str = "cellfab"
+    token: SecretStr | None = Field(default=None, description="prefer token_file or env")
+    token_file: Path | None = None
+    batch_max_lines: int = Field(default=5000, ge=1, le=100_000)
+    flush_interval_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    timeout_s: float = Field(default=5.0, gt=0.0, le=120.0)
+    retry_min_s: float = Field(default=0.5, gt=0.0)
+    retry_max_s: float = Field(default=30.0, gt=0.0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url
+
+
+class JournalSection(Frozen):
+    """The in-memory journal between pollers and sinks (a disk spool replaces it later)."""
+
+    max_scans: int = Field(default=100_000, ge=100, description="scans kept for slow sinks")
+
+
+class SiteConfig(Frozen):
+    """A whole site file."""
+
+    site: SiteSection
+    state: StateSection = StateSection()
+    mqtt: MqttSection = MqttSection()
+    influx: InfluxSection = InfluxSection()
+    journal: JournalSection = JournalSection()
+    devices: tuple[DeviceConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> SiteConfig:
+        seen: set[str] = set()
+        for dev in self.devices:
+            if dev.id in seen:
+                raise ValueError(f"duplicate device id {dev.id!r}")
+            seen.add(dev.id)
+        return self
+
+    @property
+    def topic_prefix(self) -> str:
+        """MQTT topic prefix, `cellfab/<site>` unless configured."""
+        return self.mqtt.topic_prefix or f"cellfab/{self.site.id}"

@@ -1,0 +1,199 @@
+"""Read a site file: TOML -> environment overrides -> validation -> device profiles.
+
+Every problem is collected and reported as `FILE: path.to.key: message`, all at once, so an
+engineer fixes a file in one round. Nothing is repaired silently.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+
+from controller.config import SiteConfig
+from drivers.registermap import RegisterMap
+
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "CELLFAB_MQTT_URL": ("mqtt", "url"),
+    "CELLFAB_INFLUX_URL": ("influx", "url"),
+    "CELLFAB_INFLUX_TOKEN": ("influx", "token"),
+    "CELLFAB_INFLUX_ORG": ("influx", "org"),
+    "CELLFAB_INFLUX_BUCKET": ("influx", "bucket"),
+    "CELLFAB_STATE_DIR": ("state", "dir"),
+}
+
+_FRIENDLY = {
+    "extra_forbidden": "unknown key",
+    "missing": "required key is missing",
+}
+
+
+class ConfigError(Exception):
+    """A site file that cannot be used; `errors` lists every problem, one line each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def load_site(
+    path: Path, env: Mapping[str, str] | None = None, *, read_secrets: bool = True
+) -> SiteConfig:
+    """The validated config of `path`, with env overrides and profiles resolved.
+
+    `read_secrets=False` (for `cellfab check`) leaves `*_file` secrets unread: under systemd
+    they exist only inside the service (LoadCredential=), not in an engineer's shell.
+    """
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return load_site_text(text, path, env, read_secrets=read_secrets)
+
+
+def load_site_text(
+    text: str,
+    path: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    read_secrets: bool = True,
+) -> SiteConfig:
+    """Like `load_site` for a file's text (the demo's embedded default); `path` names it."""
+    env = os.environ if env is None else env
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: toml: {exc}"]) from None
+    raw = apply_env(raw, env)
+    errors = [f"{path}: {loc}: {msg}" for loc, msg in _duplicate_ids(raw)]
+    try:
+        cfg = SiteConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors += [f"{path}: {loc}: {msg}" for loc, msg in pydantic_errors(exc, env)]
+        raise ConfigError(errors) from None
+    if errors:
+        raise ConfigError(errors)
+    return _resolve(cfg, path, read_secrets=read_secrets)
+
+
+def apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """A copy of `raw` with the CELLFAB_* environment variables that are set applied."""
+    out = copy.deepcopy(raw)
+    for var, (section, key) in ENV_OVERRIDES.items():
+        value = env.get(var)
+        if value:
+            table = out.setdefault(section, {})
+            if isinstance(table, dict):
+                table[key] = value
+    return out
+
+
+def pydantic_errors(
+    exc: ValidationError, env: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """(dotted key path, human message) for every error pydantic found.
+
+    A value that came from a CELLFAB_* variable says so, since the file looks fine then.
+    """
+    from_env = {
+        ".".join(key): var for var, key in ENV_OVERRIDES.items() if env and env.get(var)
+    }
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        msg = _FRIENDLY.get(err["type"], err["msg"])
+        if loc in from_env:  # never echo the value: env values carry passwords and tokens
+            loc = f"{loc} (from ${from_env[loc]})"
+        elif err["type"] not in _FRIENDLY and not isinstance(err.get("input"), dict | None):
+            msg = f"{msg} (got {err['input']!r})"
+        if msg.startswith("Value error, duplicate device id"):
+            continue  # reported by _duplicate_ids with the exact key path
+        out.append((loc, msg.removeprefix("Value error, ")))
+    return out
+
+
+def _duplicate_ids(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    devices = raw.get("devices")
+    if not isinstance(devices, list):
+        return []
+    first: dict[str, int] = {}
+    out = []
+    for i, dev in enumerate(devices):
+        dev_id = dev.get("id") if isinstance(dev, dict) else None
+        if not isinstance(dev_id, str):
+            continue
+        if dev_id in first:
+            out.append((f"devices.{i}.id", f"duplicate device id {dev_id!r} (devices.{first[dev_id]}.id)"))
+        else:
+            first[dev_id] = i
+    return out
+
+
+def _resolve(cfg: SiteConfig, path: Path, *, read_secrets: bool) -> SiteConfig:
+    """Load device profiles and secret files; errors name the file they are in."""
+    errors: list[str] = []
+    devices = []
+    for i, dev in enumerate(cfg.devices):
+        if dev.register_map is None and dev.profile is not None:
+            try:
+                regmap = load_profile(dev.profile, path.parent)
+            except ConfigError as exc:
+                errors += [f"{path}: devices.{i}.profile: {e}" for e in exc.errors]
+                continue
+            dev = dev.model_copy(update={"register_map": regmap})
+        devices.append(dev)
+    influx = cfg.influx
+    if read_secrets and influx.token is None and influx.token_file is not None:
+        token = _read_secret(influx.token_file, path, "influx.token_file", errors)
+        influx = influx.model_copy(update={"token": token})
+    mqtt = cfg.mqtt
+    if read_secrets and mqtt.password is None and mqtt.password_file is not None:
+        password = _read_secret(mqtt.password_file, path, "mqtt.password_file", errors)
+        mqtt = mqtt.model_copy(update={"password": password})
+    if errors:
+        raise ConfigError(errors)
+    return cfg.model_copy(update={"devices": tuple(devices), "influx": influx, "mqtt": mqtt})
+
+
+def _read_secret(secret: Path, path: Path, key: str, errors: list[str]) -> SecretStr | None:
+    try:
+        return SecretStr((path.parent / secret).read_text().strip())
+    except OSError as exc:
+        errors.append(f"{path}: {key}: cannot read {secret}: {exc.strerror}")
+        return None
+
+
+def load_profile(ref: str, base: Path) -> RegisterMap:
+    """A register map by built-in name (config/profiles/NAME.toml) or by path."""
+    if "/" in ref or ref.endswith(".toml"):
+        source = base / ref
+        name = str(source)
+        try:
+            text = source.read_text()
+        except OSError as exc:
+            raise ConfigError([f"cannot read profile {name}: {exc.strerror}"]) from None
+    else:
+        item = resources.files("config").joinpath("profiles", f"{ref}.toml")
+        name = f"config/profiles/{ref}.toml"
+        if not item.is_file():
+            known = ", ".join(builtin_profiles()) or "none"
+            raise ConfigError([f"no built-in profile {ref!r} (known: {known})"])
+        text = item.read_text()
+    try:
+        return RegisterMap.model_validate(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{name}: toml: {exc}"]) from None
+    except ValidationError as exc:
+        raise ConfigError([f"{name}: {loc}: {msg}" for loc, msg in pydantic_errors(exc)]) from None
+
+
+def builtin_profiles() -> list[str]:
+    """Names of the profiles shipped in config/profiles."""
+    folder = resources.files("config").joinpath("profiles")
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))

@@ -1,0 +1,27 @@
+"""Where a scan goes when a poller has it: into the tag store, then into the journal.
+
+The one place that fans out, so the order (state first, then the record every sink
+forwards) is the same for every device and a later stage (loops, alarms, spool) slots in
+here without touching pollers or sinks.
+"""
+
+from __future__ import annotations
+
+from controller.journal import Journal
+from controller.tagstore import TagStore
+from drivers.sample import Scan
+
+
+class Hub:
+    """Accepts scans from pollers; owns nothing but the order of the fan-out."""
+
+    def __init__(self, store: TagStore, journal: Journal) -> None:
+        self.store = store
+        self.journal = journal
+        self.scans = 0
+
+    def publish(self, scan: Scan) -> int:
+        """Record a scan; returns its journal sequence number."""
+        self.store.update(scan)
+        self.scans += 1
+        return self.journal.append(scan)

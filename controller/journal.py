@@ -1,0 +1,137 @@
+"""The ordered record of scans between the pollers and the sinks, one cursor per sink.
+
+Every scan is appended once, in order, and each sink forwards from its own cursor and acks
+what the far side accepted, so a slow or unreachable sink never blocks polling or another
+sink. This in-memory journal keeps `max_scans`; the durability issue replaces it with a disk
+spool with the same interface (append / cursor / peek / ack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from drivers.sample import Scan
+
+log = logging.getLogger(__name__)
+
+
+class Journal:
+    """Append-only sequence of scans; trimmed once every cursor has acked past them."""
+
+    def __init__(self, max_scans: int) -> None:
+        self._max = max_scans
+        self._items: deque[tuple[int, Scan]] = deque()
+        self._next_seq = 1
+        self._cursors: dict[str, Cursor] = {}
+        self._changed = asyncio.Event()
+        self._closed = False
+        self.dropped = 0
+
+    @property
+    def closed(self) -> bool:
+        """True once no more scans will be appended (shutdown)."""
+        return self._closed
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the newest scan (0 before the first)."""
+        return self._next_seq - 1
+
+    def cursor(self, name: str) -> Cursor:
+        """A new cursor for one consumer, starting at the oldest scan still held."""
+        if name in self._cursors:
+            raise ValueError(f"journal cursor {name!r} exists already")
+        start = self._items[0][0] - 1 if self._items else self.last_seq
+        cur = Cursor(self, name, start)
+        self._cursors[name] = cur
+        return cur
+
+    def append(self, scan: Scan) -> int:
+        """Add a scan; returns its sequence number."""
+        if self._closed:
+            raise RuntimeError("journal is closed")
+        seq = self._next_seq
+        self._next_seq += 1
+        self._items.append((seq, scan))
+        if len(self._items) > self._max:
+            self._drop_oldest()
+        self._wake()
+        return seq
+
+    def close(self) -> None:
+        """No more appends: cursors drain what is left, then report the end."""
+        self._closed = True
+        self._wake()
+
+    def items_after(self, seq: int, limit: int) -> list[tuple[int, Scan]]:
+        """Up to `limit` scans with a sequence number above `seq`, oldest first."""
+        if not self._items:
+            return []
+        first = self._items[0][0]
+        start = max(0, seq + 1 - first)
+        return [self._items[i] for i in range(start, min(len(self._items), start + limit))]
+
+    def trim(self) -> None:
+        """Forget scans every cursor has acked."""
+        if not self._cursors:
+            return
+        low = min(c.acked for c in self._cursors.values())
+        while self._items and self._items[0][0] <= low:
+            self._items.popleft()
+
+    async def changed(self) -> None:
+        """Wait for the next append or the close."""
+        await self._changed.wait()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _drop_oldest(self) -> None:
+        seq, scan = self._items.popleft()
+        if not self._cursors or min(c.acked for c in self._cursors.values()) >= seq:
+            return  # every consumer has it (or there is none): plain retention, not a loss
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.error(
+                "journal full (%d scans): dropped scan %d of %s; %d dropped so far "
+                "(a sink is down for longer than the journal holds)",
+                self._max,
+                seq,
+                scan.device,
+                self.dropped,
+            )
+
+
+class Cursor:
+    """One consumer's position: `peek` what is pending, `ack` what the far side accepted."""
+
+    def __init__(self, journal: Journal, name: str, acked: int) -> None:
+        self._journal = journal
+        self.name = name
+        self.acked = acked
+
+    @property
+    def lag(self) -> int:
+        """Scans appended but not yet acked by this consumer."""
+        return self._journal.last_seq - self.acked
+
+    async def wait(self) -> bool:
+        """Wait until something is pending; False when the journal is closed and drained."""
+        while self.lag == 0:
+            if self._journal.closed:
+                return False
+            await self._journal.changed()
+        return True
+
+    def peek(self, limit: int) -> list[tuple[int, Scan]]:
+        """Up to `limit` pending scans, oldest first (the same ones until acked)."""
+        return self._journal.items_after(self.acked, limit)
+
+    def ack(self, seq: int) -> None:
+        """Everything up to and including `seq` is delivered."""
+        if seq > self.acked:
+            self.acked = seq
+            self._journal.trim()

@@ -1,0 +1,78 @@
+"""The latest value of every tag, as numpy columns, so later stages evaluate a tick at once.
+
+Loops and alarms (later issues) read whole arrays; the live view reads rows. Columns are
+indexed by tag position; each device owns a contiguous slice, in its driver's tag order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from drivers.base import TagInfo
+from drivers.sample import Quality, Scan
+
+
+@dataclass(frozen=True, slots=True)
+class TagRow:
+    """One tag's latest state, for display."""
+
+    device: str
+    tag: str
+    unit: str
+    value: float | None
+    quality: Quality
+    reason: str | None
+    t_receive_ns: int
+
+
+class TagStore:
+    """Columns `value`, `quality`, `t_receive_ns` over every tag of every device."""
+
+    def __init__(self, devices: Iterable[tuple[str, Sequence[TagInfo]]]) -> None:
+        self.keys: list[tuple[str, str]] = []
+        self.units: list[str] = []
+        self._slices: dict[str, slice] = {}
+        for device, tags in devices:
+            start = len(self.keys)
+            self.keys += [(device, t.tag) for t in tags]
+            self.units += [t.unit for t in tags]
+            self._slices[device] = slice(start, len(self.keys))
+        n = len(self.keys)
+        self.value: npt.NDArray[np.float64] = np.full(n, np.nan)
+        self.quality: npt.NDArray[np.int8] = np.full(n, Quality.BAD, dtype=np.int8)
+        self.t_receive_ns: npt.NDArray[np.int64] = np.zeros(n, dtype=np.int64)
+        self.reasons: list[str | None] = ["no reading yet"] * n
+        self.index = {key: i for i, key in enumerate(self.keys)}
+
+    def update(self, scan: Scan) -> None:
+        """Take a device's scan; samples arrive in the driver's tag order."""
+        sl = self._slices[scan.device]
+        samples = scan.samples
+        if len(samples) != sl.stop - sl.start:
+            raise ValueError(
+                f"scan of {scan.device} has {len(samples)} samples, store expects "
+                f"{sl.stop - sl.start}"
+            )
+        self.value[sl] = [np.nan if s.value is None else s.value for s in samples]
+        self.quality[sl] = [s.quality for s in samples]
+        self.t_receive_ns[sl] = [s.t_receive_ns for s in samples]
+        self.reasons[sl] = [s.reason for s in samples]
+
+    def rows(self) -> list[TagRow]:
+        """Every tag's latest state, in configuration order."""
+        return [
+            TagRow(
+                dev,
+                tag,
+                self.units[i],
+                None if np.isnan(self.value[i]) else float(self.value[i]),
+                Quality(int(self.quality[i])),
+                self.reasons[i],
+                int(self.t_receive_ns[i]),
+            )
+            for i, (dev, tag) in enumerate(self.keys)
+        ]

@@ -1,0 +1,58 @@
+"""What every driver shares: the common device keys and the driver protocol."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Protocol, Self
+
+from pydantic import Field
+
+from drivers.registermap import TAG_PATTERN, Frozen
+from drivers.sample import Sample
+from simulators.config import SimulatorConfig
+
+
+class DeviceBase(Frozen):
+    """Keys every device has, whatever its protocol."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="unique device id")
+    device_class: str = Field(pattern=TAG_PATTERN, description="InfluxDB measurement name")
+    area: str = Field(min_length=1, description="room the device stands in")
+    description: str = ""
+    poll_period_s: float = Field(default=1.0, gt=0.0, le=3600.0)
+    timeout_s: float = Field(default=0.5, gt=0.0, le=60.0, description="per request")
+    reconnect_min_s: float = Field(default=0.5, gt=0.0)
+    reconnect_max_s: float = Field(default=30.0, gt=0.0)
+    simulator: SimulatorConfig | None = Field(
+        default=None, description="served by `cellfab simulate` / `cellfab demo` at this endpoint"
+    )
+
+
+class TagInfo(Protocol):
+    """What the tag store needs to know of a tag before the first reading."""
+
+    @property
+    def tag(self) -> str: ...
+
+    @property
+    def unit(self) -> str: ...
+
+
+class Driver(Protocol):
+    """One session to one device: opened with `async with`, read once per scan."""
+
+    @property
+    def tags(self) -> tuple[TagInfo, ...]: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def read(self) -> list[Sample]:
+        """One sample per tag, every time: failures come back as BAD samples, not raises."""
+        ...

@@ -1,0 +1,138 @@
+"""Execute a read plan on a connected pymodbus client and turn replies into Samples.
+
+Shared by every Modbus transport (TCP now, RTU on a shared bus later): the transport owns
+the connection, this module owns "what a reply means". Every failure mode becomes a BAD
+sample with the reason — a Modbus exception, a timeout, a short reply, NaN — never 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pymodbus import ModbusException
+from pymodbus.exceptions import ConnectionException, ModbusIOException
+
+from drivers.codec import DecodeError, ReadRequest, decode
+from drivers.registermap import RegisterSpec
+from drivers.sample import Quality, Sample, utc_now_ns
+
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+
+
+class LinkDown(Exception):
+    """The connection is gone (or the device stopped answering): the transport reconnects."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailure:
+    """Why one read produced no registers; `link_down` asks the transport to reconnect."""
+
+    reason: str
+    link_down: bool
+
+
+async def read_registers(
+    client: object, req: ReadRequest, timeout_s: float
+) -> list[int] | RequestFailure:
+    """One FC3/FC4 read with a hard deadline; failures are returned, not raised."""
+    method = "read_holding_registers" if req.function == 3 else "read_input_registers"
+    call = getattr(client, method)
+    try:
+        async with asyncio.timeout(timeout_s * 2 + 0.5):  # pymodbus has its own; this is a guard
+            reply = await call(req.address, count=req.count, device_id=req.device_id)
+    except (TimeoutError, ModbusIOException):
+        return RequestFailure(f"timeout: no reply within {timeout_s:g} s", link_down=True)
+    except ConnectionException:
+        return RequestFailure("disconnected", link_down=True)
+    except ModbusException as exc:
+        return RequestFailure(f"modbus error: {exc}", link_down=True)
+    if reply.isError():
+        code = int(getattr(reply, "exception_code", 0))
+        name = EXCEPTION_NAMES.get(code, "unknown")
+        return RequestFailure(f"modbus exception {code} ({name})", link_down=False)
+    registers = list(reply.registers)
+    if len(registers) < req.count:
+        return RequestFailure(
+            f"short reply: {len(registers)} of {req.count} registers", link_down=False
+        )
+    return registers
+
+
+def decode_request(req: ReadRequest, registers: Sequence[int], t_ns: int) -> list[Sample]:
+    """Samples of every tag covered by one successful read."""
+    out = []
+    for spec, offset in req.specs:
+        try:
+            value = decode(spec, registers[offset : offset + spec.words])
+        except DecodeError as exc:
+            out.append(Sample.bad(spec.tag, spec.unit, str(exc), t_ns))
+        else:
+            out.append(Sample.good(spec.tag, value, spec.unit, t_ns))
+    return out
+
+
+def failed_request(req: ReadRequest, reason: str, t_ns: int) -> list[Sample]:
+    """BAD samples for every tag of a read that failed."""
+    return [Sample.bad(spec.tag, spec.unit, reason, t_ns) for spec, _ in req.specs]
+
+
+async def read_plan(
+    client: object, plan: Sequence[ReadRequest], timeout_s: float
+) -> tuple[list[Sample], RequestFailure | None]:
+    """Run every read of a scan; after a link-level failure the rest are marked, not sent.
+
+    Skipping the remaining reads keeps a dead device's scan within one timeout instead of
+    one timeout per read, so it cannot push the next scan off its schedule.
+    """
+    samples: list[Sample] = []
+    down: RequestFailure | None = None
+    for req in plan:
+        if down is not None:
+            samples += failed_request(req, down.reason, utc_now_ns())
+            continue
+        result = await read_registers(client, req, timeout_s)
+        t_ns = utc_now_ns()
+        if isinstance(result, RequestFailure):
+            samples += failed_request(req, result.reason, t_ns)
+            down = result if result.link_down else None
+        else:
+            samples += decode_request(req, result, t_ns)
+    return samples, down
+
+
+def apply_validity(specs: Sequence[RegisterSpec], samples: list[Sample]) -> list[Sample]:
+    """Downgrade values whose status register says they are not reliable (Vaisala, Huba)."""
+    by_tag = {s.tag: s for s in samples}
+    out = []
+    for spec, sample in zip(specs, samples, strict=True):
+        rule = spec.validity
+        if rule is None or sample.quality is Quality.BAD:
+            out.append(sample)
+            continue
+        status = by_tag[rule.tag]
+        if status.value is None:
+            out.append(_downgrade(sample, Quality.UNCERTAIN, f"{rule.tag} unreadable"))
+        elif int(status.value) in rule.good:
+            out.append(sample)
+        elif int(status.value) in rule.uncertain:
+            out.append(_downgrade(sample, Quality.UNCERTAIN, f"{rule.tag}={int(status.value)}"))
+        else:
+            reason = f"{rule.tag}={int(status.value)}"
+            out.append(Sample.bad(sample.tag, sample.unit, reason, sample.t_receive_ns))
+    return out
+
+
+def _downgrade(sample: Sample, quality: Quality, reason: str) -> Sample:
+    return Sample(sample.tag, sample.value, sample.unit, quality, sample.t_receive_ns, reason)

@@ -1,0 +1,52 @@
+"""Config of the simulator that serves a device (the `[devices.simulator]` table)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from drivers.registermap import Frozen
+
+FaultKind = Literal["nan", "no_response", "exception", "disconnect"]
+
+
+class FaultSpec(Frozen):
+    """A communication fault the simulator shows during a window of wall-clock time.
+
+    nan: the CO2 probe answers NaN (as a Vaisala probe does while not ready);
+    no_response: requests are received but never answered (the master times out);
+    exception: every request gets Modbus exception `exception_code` (6 = device busy);
+    disconnect: the server closes its listener and connections, then comes back.
+    """
+
+    kind: FaultKind
+    start_s: float = Field(ge=0.0, description="seconds after the simulator started")
+    duration_s: float = Field(gt=0.0)
+    exception_code: int = Field(default=6, ge=1, le=11)
+
+
+class IncubatorSimConfig(Frozen):
+    """A CO2 incubator: first-order thermal model, CO2 injection/decay, scheduled door."""
+
+    model: Literal["co2_incubator"] = "co2_incubator"
+    seed: int = 0
+    time_scale: float = Field(default=1.0, gt=0.0, le=10000.0, description="sim s per wall s")
+    step_s: float = Field(default=0.5, gt=0.0, le=60.0, description="physics step, sim time")
+    ambient_degC: float = Field(default=22.0, ge=-10.0, le=45.0)
+    setpoint_degC: float = Field(default=37.0, ge=20.0, le=50.0)
+    co2_setpoint_pct: float = Field(default=5.0, ge=0.0, le=20.0)
+    initial_degC: float | None = Field(default=None, description="default: at set point")
+    door_period_s: float = Field(default=600.0, gt=0.0, description="sim s between openings")
+    door_open_s: float = Field(default=20.0, ge=0.0)
+    probe_warmup_s: float = Field(default=10.0, ge=0.0, description="probe sends NaN until then")
+    faults: tuple[FaultSpec, ...] = ()
+
+    @model_validator(mode="after")
+    def _door_fits(self) -> IncubatorSimConfig:
+        if self.door_open_s >= self.door_period_s:
+            raise ValueError("door_open_s must be shorter than door_period_s")
+        return self
+
+
+SimulatorConfig = IncubatorSimConfig

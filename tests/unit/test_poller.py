@@ -1,0 +1,101 @@
+"""The poll schedule: fixed monotonic slots, no drift, overruns skip slots instead of bursts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from controller.hub import Hub
+from controller.journal import Journal
+from controller.poller import Poller
+from controller.tagstore import TagStore
+from drivers.registermap import RegisterSpec
+from drivers.sample import Quality, Sample
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeDriver:
+    """Unit-test stand-in: returns one good and one bad sample; each read costs `cost_s`."""
+
+    def __init__(self, clock: FakeClock, cost_s: float) -> None:
+        self.clock = clock
+        self.cost_s = cost_s
+        self.reads = 0
+        self.tags = (
+            RegisterSpec(tag="a", unit="u", address=0, type="u16"),
+            RegisterSpec(tag="b", unit="u", address=1, type="u16"),
+        )
+
+    async def read(self) -> list[Sample]:
+        self.reads += 1
+        self.clock.now += self.cost_s
+        return [Sample.good("a", 1.0, "u", 5), Sample.bad("b", "u", "timeout", 5)]
+
+
+def make(cost_s: float) -> tuple[Poller, FakeClock, Hub]:
+    clock = FakeClock()
+    driver = FakeDriver(clock, cost_s)
+    store = TagStore([("dev", driver.tags)])
+    hub = Hub(store, Journal(100))
+    return Poller("dev", driver, 1.0, hub, clock), clock, hub
+
+
+async def test_scan_reaches_tag_store_and_journal() -> None:
+    """One scan lands in the tag store (value, quality, reason) and in the journal."""
+    poller, _, hub = make(0.1)
+    scan = await poller.scan_once()
+    assert hub.journal.last_seq == 1
+    assert [s.tag for s in scan.samples] == ["a", "b"]
+    rows = hub.store.rows()
+    assert (rows[0].value, rows[0].quality) == (1.0, Quality.GOOD)
+    assert (rows[1].value, rows[1].quality, rows[1].reason) == (None, Quality.BAD, "timeout")
+
+
+def test_slots_do_not_drift_with_read_time() -> None:
+    """A 0.3 s read does not push the next slot: due times stay t0 + k*period."""
+    poller, clock, _ = make(0.3)
+    clock.now = 100.3
+    assert poller._next_due(100.0) == 101.0
+    assert poller.stats.skipped == 0
+
+
+def test_slightly_late_scan_runs_at_once() -> None:
+    """Less than half a period behind: the next scan starts immediately, nothing skipped."""
+    poller, clock, _ = make(0.0)
+    clock.now = 101.2
+    assert poller._next_due(100.0) == 101.0
+    assert poller.stats.skipped == 0
+
+
+def test_overrun_skips_missed_slots() -> None:
+    """A scan that took 2.7 periods skips the missed slots rather than bursting."""
+    poller, clock, _ = make(0.0)
+    clock.now = 102.7
+    assert poller._next_due(100.0) == 103.0
+    assert poller.stats.skipped == 2
+
+
+async def test_run_stops_after_the_current_scan() -> None:
+    """Setting stop ends the loop; the scan in progress is completed and published."""
+    clock = FakeClock()
+    driver = FakeDriver(clock, 0.0)
+    hub = Hub(TagStore([("dev", driver.tags)]), Journal(100))
+    stop = asyncio.Event()
+
+    class StopAfterThree(FakeDriver):
+        async def read(self) -> list[Sample]:
+            samples = await super().read()
+            if self.reads == 3:
+                stop.set()
+            return samples
+
+    fast = StopAfterThree(clock, 0.0)
+    poller = Poller("dev", fast, 0.001, hub, clock)
+    await asyncio.wait_for(poller.run(stop), timeout=10)
+    assert fast.reads == 3 and hub.journal.last_seq == 3
