@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from importlib.metadata import version
-from typing import Protocol
+from typing import Any, Protocol
 
 from controller import sdnotify
 from controller.config import SiteConfig
@@ -49,8 +49,7 @@ class Daemon:
         self.store = TagStore((dev_id, drv.tags) for dev_id, drv in self.drivers.items())
         self.hub = Hub(self.store, self.journal)
         self.pollers = [
-            Poller(dev.id, self.drivers[dev.id], dev.poll_period_s, self.hub)
-            for dev in cfg.devices
+            Poller(dev.id, self.drivers[dev.id], dev.poll_period_s, self.hub) for dev in cfg.devices
         ]
         self.sinks: dict[str, Sink] = {}
         if cfg.influx.url:
@@ -60,7 +59,9 @@ class Daemon:
         self.ready = asyncio.Event()
 
     async def run(
-        self, stop: asyncio.Event, extra: Callable[[asyncio.Event], Awaitable[None]] | None = None
+        self,
+        stop: asyncio.Event,
+        extra: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         """Poll and forward until `stop`; then drain the sinks and return."""
         async with contextlib.AsyncExitStack() as stack:

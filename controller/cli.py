@@ -34,33 +34,50 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the daemon", description="Poll every device of "
-                         "the site file and forward readings to MQTT and InfluxDB until "
-                         "SIGTERM/SIGINT; in-flight data is flushed on the way out.")
+    run = sub.add_parser(
+        "run",
+        help="run the daemon",
+        description="Poll every device of "
+        "the site file and forward readings to MQTT and InfluxDB until "
+        "SIGTERM/SIGINT; in-flight data is flushed on the way out.",
+    )
     _config_arg(run)
     _log_arg(run)
     run.set_defaults(handler=_cmd_run)
 
-    check = sub.add_parser("check", help="validate a site file and exit",
-                           description="Validate a site file (with CELLFAB_* overrides and "
-                           "device profiles). Exit 0 if valid, 2 if not, listing every error.")
+    check = sub.add_parser(
+        "check",
+        help="validate a site file and exit",
+        description="Validate a site file (with CELLFAB_* overrides and "
+        "device profiles). Exit 0 if valid, 2 if not, listing every error.",
+    )
     _config_arg(check)
     check.set_defaults(handler=_cmd_check)
 
-    simulate = sub.add_parser("simulate", help="serve a simulator for every device",
-                              description="Serve the simulator of every device that has a "
-                              "[devices.simulator] table, at the endpoint the file gives it.")
+    simulate = sub.add_parser(
+        "simulate",
+        help="serve a simulator for every device",
+        description="Serve the simulator of every device that has a "
+        "[devices.simulator] table, at the endpoint the file gives it.",
+    )
     _config_arg(simulate)
     _log_arg(simulate)
     simulate.set_defaults(handler=_cmd_simulate)
 
-    demo = sub.add_parser("demo", help="simulated floor + daemon with a live view",
-                          description="Run the simulated suite and the daemon in one "
-                          "process on the embedded defaults (config/demo.toml), with a live "
-                          "view of every tag. No external service is needed; set "
-                          "CELLFAB_MQTT_URL / CELLFAB_INFLUX_URL to also forward there.")
-    demo.add_argument("--duration-s", type=float, default=None,
-                      help="stop after this many seconds (default: until Ctrl-C)")
+    demo = sub.add_parser(
+        "demo",
+        help="simulated floor + daemon with a live view",
+        description="Run the simulated suite and the daemon in one "
+        "process on the embedded defaults (config/demo.toml), with a live "
+        "view of every tag. No external service is needed; set "
+        "CELLFAB_MQTT_URL / CELLFAB_INFLUX_URL to also forward there.",
+    )
+    demo.add_argument(
+        "--duration-s",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: until Ctrl-C)",
+    )
     demo.add_argument("--no-view", action="store_true", help="log only, no live table")
     _log_arg(demo, default="WARNING")
     demo.set_defaults(handler=_cmd_demo)
@@ -68,13 +85,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", type=Path, required=True, metavar="FILE",
-                        help="site file (TOML)")
+    parser.add_argument(
+        "-c", "--config", type=Path, required=True, metavar="FILE", help="site file (TOML)"
+    )
 
 
 def _log_arg(parser: argparse.ArgumentParser, default: str = "INFO") -> None:
-    parser.add_argument("--log-level", default=default,
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log threshold")
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log threshold",
+    )
 
 
 def _load_or_report(path: Path, *, read_secrets: bool = True) -> Any:

@@ -57,7 +57,9 @@ class MqttSection(Frozen):
     @field_validator("topic_prefix")
     @classmethod
     def _prefix(cls, prefix: str | None) -> str | None:
-        if prefix is not None and (not prefix or prefix.endswith("/") or "#" in prefix or "+" in prefix):
+        if prefix is not None and (
+            not prefix or prefix.endswith("/") or "#" in prefix or "+" in prefix
+        ):
             raise ValueError("must be non-empty, without a trailing '/' and without wildcards")
         return prefix
 

@@ -101,11 +101,13 @@ def pydantic_errors(
 
     A value that came from a CELLFAB_* variable says so, since the file looks fine then.
     """
-    from_env = {
-        ".".join(key): var for var, key in ENV_OVERRIDES.items() if env and env.get(var)
-    }
+    from_env = {".".join(key): var for var, key in ENV_OVERRIDES.items() if env and env.get(var)}
+    errors = exc.errors(include_url=False)
+    failing = {e["loc"][:i] for e in errors for i in range(len(e["loc"]))}
     out = []
-    for err in exc.errors(include_url=False):
+    for err in errors:
+        if err["type"] == "too_short" and err["loc"] in failing:
+            continue  # "no items" only because the items themselves are invalid
         loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
         msg = _FRIENDLY.get(err["type"], err["msg"])
         if loc in from_env:  # never echo the value: env values carry passwords and tokens
@@ -129,7 +131,9 @@ def _duplicate_ids(raw: dict[str, Any]) -> list[tuple[str, str]]:
         if not isinstance(dev_id, str):
             continue
         if dev_id in first:
-            out.append((f"devices.{i}.id", f"duplicate device id {dev_id!r} (devices.{first[dev_id]}.id)"))
+            out.append(
+                (f"devices.{i}.id", f"duplicate device id {dev_id!r} (devices.{first[dev_id]}.id)")
+            )
         else:
             first[dev_id] = i
     return out
@@ -140,14 +144,15 @@ def _resolve(cfg: SiteConfig, path: Path, *, read_secrets: bool) -> SiteConfig:
     errors: list[str] = []
     devices = []
     for i, dev in enumerate(cfg.devices):
-        if dev.register_map is None and dev.profile is not None:
-            try:
-                regmap = load_profile(dev.profile, path.parent)
-            except ConfigError as exc:
-                errors += [f"{path}: devices.{i}.profile: {e}" for e in exc.errors]
-                continue
-            dev = dev.model_copy(update={"register_map": regmap})
-        devices.append(dev)
+        if dev.register_map is not None or dev.profile is None:
+            devices.append(dev)
+            continue
+        try:
+            regmap = load_profile(dev.profile, path.parent)
+        except ConfigError as exc:
+            errors += [f"{path}: devices.{i}.profile: {e}" for e in exc.errors]
+            continue
+        devices.append(dev.model_copy(update={"register_map": regmap}))
     influx = cfg.influx
     if read_secrets and influx.token is None and influx.token_file is not None:
         token = _read_secret(influx.token_file, path, "influx.token_file", errors)
@@ -196,4 +201,6 @@ def load_profile(ref: str, base: Path) -> RegisterMap:
 def builtin_profiles() -> list[str]:
     """Names of the profiles shipped in config/profiles."""
     folder = resources.files("config").joinpath("profiles")
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )

@@ -7,7 +7,6 @@ so the demo runs on any machine, whatever else listens there.
 from __future__ import annotations
 
 import asyncio
-import socket
 from importlib import resources
 from pathlib import Path
 
@@ -15,22 +14,18 @@ from controller.app import Daemon
 from controller.config import SiteConfig
 from controller.configload import load_site_text
 from controller.liveview import run_view
+from simulators.modbus_server import free_ports
 from simulators.runner import serve_devices
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def demo_config() -> SiteConfig:
     """The embedded demo suite, each simulated device on a free loopback port."""
     text = resources.files("config").joinpath("demo.toml").read_text()
     cfg = load_site_text(text, Path("config/demo.toml"))
+    ports = free_ports(len(cfg.devices))
     devices = tuple(
-        dev.model_copy(update={"host": "127.0.0.1", "port": free_port()}) for dev in cfg.devices
+        dev.model_copy(update={"host": "127.0.0.1", "port": port})
+        for dev, port in zip(cfg.devices, ports, strict=True)
     )
     return cfg.model_copy(update={"devices": devices})
 

@@ -114,6 +114,15 @@ class Cursor:
         self.acked = acked
 
     @property
+    def closed(self) -> bool:
+        """True once the journal takes no more scans (shutdown has begun)."""
+        return self._journal.closed
+
+    async def changed(self) -> None:
+        """Wait for the next append or the close."""
+        await self._journal.changed()
+
+    @property
     def lag(self) -> int:
         """Scans appended but not yet acked by this consumer."""
         return self._journal.last_seq - self.acked

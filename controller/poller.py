@@ -2,12 +2,14 @@
 
 Scans start at t0 + k·period on the monotonic clock, so they do not drift with the time a
 read takes; a scan that overran skips the missed slots (counted) instead of bursting to
-catch up (less than half a period behind, it starts at once). Stopping is cooperative: a scan in progress completes, so no half scan is lost.
+catch up (less than half a period behind, it starts at once). Stopping is cooperative: a
+scan in progress completes, so no half scan is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -60,13 +62,14 @@ class Poller:
             self.stats.lateness_s.append(max(0.0, self._clock() - due))
             await self.scan_once()
             due = self._next_due(due)
-            delay = due - self._clock()
-            if delay > 0:
-                try:
-                    async with asyncio.timeout(delay):
-                        await stop.wait()
-                except TimeoutError:
-                    pass
+            await self._wait_until(due, stop)
+
+    async def _wait_until(self, due: float, stop: asyncio.Event) -> None:
+        delay = due - self._clock()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
 
     async def scan_once(self) -> Scan:
         """Read the device once and hand the scan to the hub."""

@@ -8,8 +8,9 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from drivers.blockdecode import BlockDecoder
 from drivers.registermap import RegisterSpec
 
 MAX_READ_REGISTERS = 125  # Modbus limit for FC 3/4 (a 253-byte PDU)
@@ -72,6 +73,7 @@ class ReadRequest:
     address: int
     count: int
     specs: tuple[tuple[RegisterSpec, int], ...]
+    decoder: BlockDecoder = field(compare=False, repr=False)
 
 
 def plan_reads(
@@ -109,10 +111,12 @@ def _extends(group: list[RegisterSpec], spec: RegisterSpec, max_gap: int, max_co
 def _request(group: list[RegisterSpec]) -> ReadRequest:
     start = group[0].address
     end = max(s.address + s.words for s in group)
+    specs = tuple((s, s.address - start) for s in group)
     return ReadRequest(
         group[0].device_id,
         group[0].function,
         start,
         end - start,
-        tuple((s, s.address - start) for s in group),
+        specs,
+        BlockDecoder(specs, end - start),
     )

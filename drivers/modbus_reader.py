@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pymodbus import ModbusException
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
-from drivers.codec import DecodeError, ReadRequest, decode
+from drivers.codec import ReadRequest
 from drivers.registermap import RegisterSpec
 from drivers.sample import Quality, Sample, utc_now_ns
 
@@ -46,22 +46,19 @@ class RequestFailure:
 async def read_registers(
     client: object, req: ReadRequest, timeout_s: float
 ) -> list[int] | RequestFailure:
-    """One FC3/FC4 read with a hard deadline; failures are returned, not raised."""
+    """One FC3/FC4 read; failures are returned, not raised (pymodbus enforces the timeout)."""
     method = "read_holding_registers" if req.function == 3 else "read_input_registers"
     call = getattr(client, method)
     try:
-        async with asyncio.timeout(timeout_s * 2 + 0.5):  # pymodbus has its own; this is a guard
-            reply = await call(req.address, count=req.count, device_id=req.device_id)
-    except (TimeoutError, ModbusIOException):
+        reply = await call(req.address, count=req.count, device_id=req.device_id)
+    except ModbusIOException:
         return RequestFailure(f"timeout: no reply within {timeout_s:g} s", link_down=True)
     except ConnectionException:
         return RequestFailure("disconnected", link_down=True)
     except ModbusException as exc:
         return RequestFailure(f"modbus error: {exc}", link_down=True)
     if reply.isError():
-        code = int(getattr(reply, "exception_code", 0))
-        name = EXCEPTION_NAMES.get(code, "unknown")
-        return RequestFailure(f"modbus exception {code} ({name})", link_down=False)
+        return _exception_failure(req, int(reply.function_code), int(reply.exception_code))
     registers = list(reply.registers)
     if len(registers) < req.count:
         return RequestFailure(
@@ -70,17 +67,23 @@ async def read_registers(
     return registers
 
 
+def _exception_failure(req: ReadRequest, function_code: int, code: int) -> RequestFailure:
+    """A real exception reply, or garbage that only looks like one (then: reconnect)."""
+    if function_code & 0x7F != req.function or code not in EXCEPTION_NAMES:
+        reason = f"invalid reply: function code {function_code:#04x}, exception code {code}"
+        return RequestFailure(reason, link_down=True)
+    return RequestFailure(f"modbus exception {code} ({EXCEPTION_NAMES[code]})", link_down=False)
+
+
 def decode_request(req: ReadRequest, registers: Sequence[int], t_ns: int) -> list[Sample]:
     """Samples of every tag covered by one successful read."""
-    out = []
-    for spec, offset in req.specs:
-        try:
-            value = decode(spec, registers[offset : offset + spec.words])
-        except DecodeError as exc:
-            out.append(Sample.bad(spec.tag, spec.unit, str(exc), t_ns))
-        else:
-            out.append(Sample.good(spec.tag, value, spec.unit, t_ns))
-    return out
+    good, bad = Quality.GOOD, Quality.BAD
+    return [
+        Sample(spec.tag, None, spec.unit, bad, t_ns, value)
+        if isinstance(value, str)
+        else Sample(spec.tag, value, spec.unit, good, t_ns)
+        for (spec, _), value in zip(req.specs, req.decoder.decode(registers), strict=True)
+    ]
 
 
 def failed_request(req: ReadRequest, reason: str, t_ns: int) -> list[Sample]:
@@ -98,17 +101,26 @@ async def read_plan(
     """
     samples: list[Sample] = []
     down: RequestFailure | None = None
-    for req in plan:
-        if down is not None:
-            samples += failed_request(req, down.reason, utc_now_ns())
-            continue
-        result = await read_registers(client, req, timeout_s)
-        t_ns = utc_now_ns()
-        if isinstance(result, RequestFailure):
-            samples += failed_request(req, result.reason, t_ns)
-            down = result if result.link_down else None
-        else:
-            samples += decode_request(req, result, t_ns)
+    done = 0
+    try:
+        # One guard per scan, in case the library itself hangs: pymodbus times out each read.
+        async with asyncio.timeout(len(plan) * (timeout_s * 2 + 0.5)):
+            for req in plan:
+                result = await read_registers(client, req, timeout_s)
+                t_ns = utc_now_ns()
+                done += 1
+                if isinstance(result, RequestFailure):
+                    samples += failed_request(req, result.reason, t_ns)
+                    if result.link_down:
+                        down = result
+                        break
+                else:
+                    samples += decode_request(req, result, t_ns)
+    except TimeoutError:
+        down = RequestFailure(f"timeout: no reply within {timeout_s:g} s", link_down=True)
+    t_ns = utc_now_ns()
+    for req in plan[done:]:
+        samples += failed_request(req, down.reason if down else "not read", t_ns)
     return samples, down
 
 

@@ -7,6 +7,7 @@ naming the profile file and the key, never a wrong number at run time.
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -29,7 +30,9 @@ class Validity(Frozen):
 
     tag: str = Field(pattern=TAG_PATTERN, description="status tag in the same map")
     good: tuple[int, ...] = Field(default=(0,), description="status values meaning OK")
-    uncertain: tuple[int, ...] = Field(default=(), description="status values meaning 'use with care'")
+    uncertain: tuple[int, ...] = Field(
+        default=(), description="status values meaning 'use with care'"
+    )
 
 
 class RegisterSpec(Frozen):
@@ -75,8 +78,8 @@ class RegisterMap(Frozen):
     def _consistent(self) -> RegisterMap:
         by_tag = {r.tag: r for r in self.registers}
         if len(by_tag) != len(self.registers):
-            seen: set[str] = set()
-            dup = next(r.tag for r in self.registers if r.tag in seen or seen.add(r.tag))
+            tags = [r.tag for r in self.registers]
+            dup = next(t for i, t in enumerate(tags) if t in tags[:i])
             raise ValueError(f"tag {dup!r} appears more than once")
         for reg in self.registers:
             if reg.validity is not None:
@@ -91,8 +94,8 @@ class RegisterMap(Frozen):
 
 def _check_overlaps(registers: tuple[RegisterSpec, ...]) -> None:
     spans = sorted(
-        ((r.device_id, r.function, r.address, r.address + r.words, r.tag) for r in registers)
+        (r.device_id, r.function, r.address, r.address + r.words, r.tag) for r in registers
     )
-    for a, b in zip(spans, spans[1:], strict=False):
+    for a, b in itertools.pairwise(spans):
         if a[:2] == b[:2] and b[2] < a[3]:
             raise ValueError(f"registers of {a[4]!r} and {b[4]!r} overlap at address {b[2]}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from drivers.registermap import Frozen
 
@@ -25,6 +25,13 @@ class FaultSpec(Frozen):
     duration_s: float = Field(gt=0.0)
     exception_code: int = Field(default=6, ge=1, le=11)
 
+    @field_validator("exception_code")
+    @classmethod
+    def _defined_code(cls, code: int) -> int:
+        if code == 9:  # Modbus defines 1-8, 10 and 11 only; pymodbus' ExcCodes has no 9
+            raise ValueError("9 is not a Modbus exception code (use 1-8, 10 or 11)")
+        return code
+
 
 class IncubatorSimConfig(Frozen):
     """A CO2 incubator: first-order thermal model, CO2 injection/decay, scheduled door."""
@@ -40,6 +47,7 @@ class IncubatorSimConfig(Frozen):
     door_period_s: float = Field(default=600.0, gt=0.0, description="sim s between openings")
     door_open_s: float = Field(default=20.0, ge=0.0)
     probe_warmup_s: float = Field(default=10.0, ge=0.0, description="probe sends NaN until then")
+    operating_hours_h: float = Field(default=8760.0, ge=0.0, description="hours run at start")
     faults: tuple[FaultSpec, ...] = ()
 
     @model_validator(mode="after")

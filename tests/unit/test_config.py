@@ -45,7 +45,7 @@ def test_four_kinds_of_error_are_all_reported(
     """Unknown key, wrong type, duplicate id and missing key: exit 2, each named by key path."""
     text = '[site]\nid = "lab"\n' + VALID_DEVICE.format(id="inc-1")
     text += VALID_DEVICE.format(id="inc-1")  # duplicate id
-    text += VALID_DEVICE.format(id="inc-3").replace('port = 15021', 'port = "five"')
+    text += VALID_DEVICE.format(id="inc-3").replace("port = 15021", 'port = "five"')
     text += VALID_DEVICE.format(id="inc-4").replace('area = "room-1"\n', 'colour = "red"\n')
     path = write(tmp_path, text)
     assert main(["check", "-c", str(path)]) == 2

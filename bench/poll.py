@@ -1,0 +1,226 @@
+"""Poll N simulated incubators: CPU per sample and schedule lateness, ours vs a naive loop.
+
+The simulators run in a separate process (`cellfab simulate`), so the CPU measured here is
+the poller's own. Baseline: what many integrations do — one pymodbus request per register,
+sequentially, per device, on the same 1 Hz schedule. Usage: python bench/poll.py [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pymodbus.client import AsyncModbusTcpClient
+
+from controller.app import Daemon
+from controller.config import SiteConfig
+from controller.configload import load_site
+from drivers.registermap import RegisterSpec
+from simulators.modbus_server import free_ports
+
+DEVICE = """
+[[devices]]
+id = "inc-{i}"
+device_class = "co2_incubator"
+area = "bench"
+driver = "modbus_tcp"
+host = "127.0.0.1"
+port = {port}
+profile = "co2-incubator"
+poll_period_s = 1.0
+timeout_s = 0.5
+[devices.simulator]
+model = "co2_incubator"
+seed = {i}
+probe_warmup_s = 0.0
+door_period_s = 100000.0
+"""
+
+
+def write_config(n: int, folder: Path) -> Path:
+    path = folder / f"bench-{n}.toml"
+    ports = free_ports(n)
+    text = '[site]\nid = "bench"\n' + "".join(
+        DEVICE.format(i=i, port=port) for i, port in enumerate(ports)
+    )
+    path.write_text(text)
+    return path
+
+
+def wait_ports(cfg: SiteConfig, deadline_s: float = 60.0) -> None:
+    end = time.monotonic() + deadline_s
+    for dev in cfg.devices:
+        while True:
+            try:
+                socket.create_connection((dev.host, dev.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.05)
+
+
+def cpu_now() -> float:
+    """User + system CPU seconds of this process (system time is most of a socket's cost)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)] if ordered else 0.0
+
+
+async def run_ours(cfg: SiteConfig, seconds: float) -> tuple[float, int, list[float]]:
+    """CPU seconds, samples and scan lateness of the daemon's pollers over `seconds`."""
+    daemon = Daemon(cfg)
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    await daemon.ready.wait()
+    for poller in daemon.pollers:
+        poller.stats.lateness_s.clear()
+    scans0, cpu0 = daemon.hub.scans, cpu_now()
+    await asyncio.sleep(seconds)
+    cpu = cpu_now() - cpu0
+    scans = daemon.hub.scans - scans0
+    lateness = [x for p in daemon.pollers for x in p.stats.lateness_s]
+    bad = sum(int(q) != 0 for q in daemon.store.quality)
+    skipped = sum(p.stats.skipped for p in daemon.pollers)
+    print(
+        f"# ours: {scans} scans, {skipped} skipped slots, {bad} tags not good at the end",
+        file=sys.stderr,
+    )
+    stop.set()
+    await task
+    per_scan = len(cfg.devices[0].registers)
+    return cpu, scans * per_scan, lateness
+
+
+def naive_decode(spec: RegisterSpec, words: list[int]) -> float:
+    if spec.words == 1:
+        return float(words[0]) * spec.scale + spec.offset
+    hi, lo = (words[0], words[1]) if spec.word_order == "big" else (words[1], words[0])
+    fmt = {"u32": ">I", "s32": ">i", "float32": ">f"}[spec.type]
+    return float(struct.unpack(fmt, struct.pack(">HH", hi, lo))[0]) * spec.scale + spec.offset
+
+
+async def naive_device(
+    host: str,
+    port: int,
+    specs: tuple[RegisterSpec, ...],
+    stop: asyncio.Event,
+    out: dict[str, list[float]],
+) -> None:
+    client = AsyncModbusTcpClient(host, port=port, timeout=0.5, retries=0)
+    await client.connect()
+    due = time.monotonic()
+    while not stop.is_set():
+        out["lateness"].append(max(0.0, time.monotonic() - due))
+        for spec in specs:
+            read = (
+                client.read_holding_registers if spec.function == 3 else client.read_input_registers
+            )
+            words = []
+            for reg in range(spec.address, spec.address + spec.words):
+                reply = await read(reg, count=1, device_id=spec.device_id)
+                words.append(reply.registers[0])
+            naive_decode(spec, words)
+            out["samples"].append(1.0)
+        due += 1.0
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+    client.close()
+
+
+async def run_baseline(cfg: SiteConfig, seconds: float) -> tuple[float, int, list[float]]:
+    stop = asyncio.Event()
+    out: dict[str, list[float]] = {"lateness": [], "samples": []}
+    tasks = [
+        asyncio.create_task(naive_device(d.host, d.port, d.registers, stop, out))
+        for d in cfg.devices
+    ]
+    await asyncio.sleep(1.5)  # let every device connect and scan once before measuring
+    out["lateness"].clear()
+    samples0, cpu0 = len(out["samples"]), cpu_now()
+    await asyncio.sleep(seconds)
+    cpu = cpu_now() - cpu0
+    samples = len(out["samples"]) - samples0
+    lateness = list(out["lateness"])
+    stop.set()
+    await asyncio.gather(*tasks)
+    return cpu, samples, lateness
+
+
+def line(case: str, n: int, ours: float, baseline: float, unit: str, **extra: float) -> str:
+    ratio = baseline / ours if ours else float("inf")
+    record = {
+        "bench": "poll",
+        "case": case,
+        "n": n,
+        "ours": round(ours, 2),
+        "baseline": round(baseline, 2),
+        "unit": unit,
+        "ratio": round(ratio, 2),
+    }
+    record.update({k: round(v, 2) for k, v in extra.items()})
+    return json.dumps(record)
+
+
+def bench(n: int, seconds: float, folder: Path) -> None:
+    path = write_config(n, folder)
+    cfg = load_site(path, {})
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "simulate",
+            "-c",
+            str(path),
+            "--log-level",
+            "WARNING",
+        ]
+    )
+    try:
+        wait_ports(cfg)
+        o_cpu, o_samples, o_late = asyncio.run(run_ours(cfg, seconds))
+        b_cpu, b_samples, b_late = asyncio.run(run_baseline(cfg, seconds))
+    finally:
+        sim.terminate()
+        sim.wait(timeout=30)
+    print(
+        line(
+            "cpu_per_sample",
+            n,
+            o_cpu / o_samples * 1e6,
+            b_cpu / b_samples * 1e6,
+            "us/sample",
+            samples_per_s_ours=o_samples / seconds,
+            samples_per_s_baseline=b_samples / seconds,
+        )
+    )
+    print(line("p99_lateness", n, p99(o_late) * 1e3, p99(b_late) * 1e3, "ms"))
+    print(line("max_lateness", n, max(o_late) * 1e3, max(b_late) * 1e3, "ms"), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured time per case")
+    parser.add_argument("--n", type=int, nargs="*", default=[1, 10, 100], help="device counts")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        for n in args.n:
+            bench(n, args.seconds, Path(folder))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""InfluxDB line protocol for scans, formatted by hand and in bulk.
+
+influxdb-client's `Point` costs ~9 µs a point and leaves a trailing backslash unescaped, so
+we format lines ourselves (shared/libraries.md §4.4). One scan becomes one line: the
+measurement is the device class, the tags say where it was read, and every sample gives a
+float field only when it has a value plus an integer `<tag>_quality` field always, so a
+failed read is a recorded gap, never a 0 (docs/influx.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import SupportsFloat
+
+from controller.config import SiteConfig
+from drivers.sample import Quality, Sample, Scan
+
+_MEASUREMENT = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ "})
+_KEY = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ "})
+_STRING = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
+_LINE_BREAKS = ("\n", "\r")
+
+
+def escape_measurement(name: str) -> str:
+    """A measurement name with commas, spaces and backslashes escaped."""
+    _refuse_line_breaks(name)
+    return name.translate(_MEASUREMENT)
+
+
+def escape_key(text: str) -> str:
+    """A tag key, tag value or field key with commas, equals, spaces and backslashes escaped.
+
+    Backslashes are doubled although the spec does not require it: a value ending in one
+    would otherwise escape the separator after it (InfluxDB and VictoriaMetrics both read
+    `\\\\` back as one backslash).
+    """
+    _refuse_line_breaks(text)
+    return text.translate(_KEY)
+
+
+def quote_string(text: str) -> str:
+    """A string field value: quoted, with quotes and backslashes escaped, line breaks as \\n."""
+    return '"' + text.translate(_STRING) + '"'
+
+
+def format_float(value: SupportsFloat) -> str | None:
+    """A float field value, or None for NaN/inf (line protocol has no way to write them).
+
+    Every number goes through `float()`: a Python or numpy int must not become an integer
+    field (`3i`), which real InfluxDB rejects once the field holds floats.
+    """
+    number = float(value)
+    if not math.isfinite(number):
+        return None
+    return repr(number)
+
+
+def _refuse_line_breaks(text: str) -> None:
+    if any(ch in text for ch in _LINE_BREAKS):
+        raise ValueError(f"line breaks cannot be written in line protocol: {text!r}")
+
+
+class LineFormatter:
+    """Turns scans into lines for one site; device metadata comes from the site config.
+
+    `reasons=True` adds a `<tag>_reason` string field to non-good samples. It is off by
+    default because VictoriaMetrics turns string fields into numeric series of junk (0, or
+    whatever number the text spells), so reasons travel on MQTT (docs/influx.md).
+    """
+
+    def __init__(self, cfg: SiteConfig, *, reasons: bool = False) -> None:
+        site = escape_key(cfg.site.id)
+        self._reasons = reasons
+        self._heads: dict[str, str] = {}
+        for dev in cfg.devices:
+            self._heads[dev.id] = (
+                f"{escape_measurement(dev.device_class)},site={site},"
+                f"area={escape_key(dev.area)},device={escape_key(dev.id)}"
+            )
+        self._keys: dict[str, tuple[str, str, str]] = {}
+
+    def lines(self, scans: Iterable[Scan], batches: Mapping[str, str] | None = None) -> list[str]:
+        """One line per scan that has samples, in order; `batches` maps device -> batch id."""
+        out = []
+        for scan in scans:
+            line = self.line(scan, batches.get(scan.device) if batches else None)
+            if line is not None:
+                out.append(line)
+        return out
+
+    def line(self, scan: Scan, batch: str | None = None) -> str | None:
+        """The line of one scan, or None when it has no samples (a point needs a field)."""
+        if not scan.samples:
+            return None
+        head = self._heads.get(scan.device)
+        if head is None:
+            raise ValueError(f"scan from device {scan.device!r}, which is not in the site config")
+        if batch:
+            head = f"{head},batch={escape_key(batch)}"
+        fields = ",".join([self._fields(s) for s in scan.samples])
+        return f"{head} {fields} {int(scan.t_scan_ns)}"
+
+    def _fields(self, sample: Sample) -> str:
+        keys = self._keys.get(sample.tag)
+        if keys is None:
+            tag = escape_key(sample.tag)
+            keys = self._keys[sample.tag] = (f"{tag}=", f"{tag}_quality=", f"{tag}_reason=")
+        text = f"{keys[1]}{int(sample.quality)}i"
+        if sample.value is not None:
+            number = format_float(sample.value)
+            if number is not None:
+                text = f"{keys[0]}{number},{text}"
+        if self._reasons and sample.reason and sample.quality is not Quality.GOOD:
+            text = f"{text},{keys[2]}{quote_string(sample.reason)}"
+        return text

@@ -1,0 +1,202 @@
+"""InfluxDB sink: batches of line protocol POSTed to /api/v2/write, acked per batch.
+
+influxdb-client's batching writer drops a batch once its retries run out, and the async
+writer neither batches nor retries (shared/libraries.md §4), so batching, retry and the
+decision to give up on bad data are ours. A batch is retried until the server takes it;
+only lines the server calls malformed (400/422) are given up, one by one, after bisecting
+the batch so the good lines around a bad one still land (docs/influx.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import aiohttp
+from influxdb_client.client.exceptions import InfluxDBError
+from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+from influxdb_client.client.write_api_async import WriteApiAsync
+from influxdb_client.domain.write_precision import WritePrecision
+
+from controller.config import SiteConfig
+from controller.journal import Cursor
+from controller.lineproto import LineFormatter
+from controller.sinks.drain import DrainDeadline
+from drivers.backoff import Backoff
+from drivers.sample import Scan
+from drivers.transitions import TransitionLog
+
+log = logging.getLogger(__name__)
+
+BAD_DATA = frozenset({400, 422})  # the server read the lines and refused them
+TOO_LARGE = 413
+
+
+@dataclass
+class InfluxStats:
+    """Counters for health reporting; `lag` lives on the sink (it is the cursor's)."""
+
+    lines_written: int = 0
+    batches_written: int = 0
+    failures: int = 0
+    rejected_batches: int = 0
+    rejected_lines: int = 0
+    last_error: str | None = None
+
+
+class InfluxSink:
+    """Writes every journal scan as one line; keeps failed batches behind the cursor."""
+
+    def __init__(
+        self,
+        cfg: SiteConfig,
+        cursor: Cursor,
+        *,
+        drain_timeout_s: float = 10.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if cfg.influx.url is None:
+            raise ValueError("influx.url is not set: the InfluxDB sink is off")
+        self._cfg = cfg.influx
+        self._url = cfg.influx.url
+        self._cursor = cursor
+        self._formatter = LineFormatter(cfg)
+        self._ceiling = cfg.influx.batch_max_lines  # lowered for good by a 413
+        self._limit = self._ceiling  # lowered while bisecting a rejected batch
+        self._backoff = Backoff(cfg.influx.retry_min_s, cfg.influx.retry_max_s, rng)
+        self._link = TransitionLog(log, "InfluxDB")
+        self._drain = DrainDeadline(cursor, drain_timeout_s)
+        self.stats = InfluxStats()
+
+    @property
+    def lag(self) -> int:
+        """Scans not yet accepted (or rejected) by the server."""
+        return self._cursor.lag
+
+    def health(self) -> dict[str, object]:
+        """Counters and lag as one flat mapping."""
+        return {**asdict(self.stats), "lag": self.lag}
+
+    async def run(self) -> None:
+        """Write until the journal is closed and drained (or the drain deadline passes)."""
+        token = self._cfg.token.get_secret_value() if self._cfg.token else ""  # "": no header
+        timeout_ms = int(self._cfg.timeout_s * 1000)
+        async with InfluxDBClientAsync(
+            url=self._url, token=token, org=self._cfg.org, timeout=timeout_ms
+        ) as client:
+            api = client.write_api()
+            while await self._cursor.wait():
+                await self._coalesce()
+                if self._drain.expired() or not await self._deliver(api):
+                    log.error(
+                        "InfluxDB: giving up at shutdown: %d scans not written to %s",
+                        self.lag,
+                        self._url,
+                    )
+                    return
+
+    async def _coalesce(self) -> None:
+        """Let a batch fill for up to `flush_interval_s`, unless it is full or we are closing."""
+        end = time.monotonic() + self._cfg.flush_interval_s
+        while self._cursor.lag < self._limit and not self._cursor.closed:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._cursor.changed(), left)
+
+    async def _deliver(self, api: WriteApiAsync) -> bool:
+        """Write the pending batch until accepted or refused; False at the drain deadline."""
+        batch = self._cursor.peek(self._limit)
+        lines = self._formatter.lines(scan for _, scan in batch)
+        while True:
+            try:
+                if lines:
+                    await self._post(api, "\n".join(lines))
+            except InfluxDBError as exc:
+                status = int(getattr(exc, "status", 0) or 0)
+                if status in BAD_DATA or status == TOO_LARGE:
+                    self._refused(batch, lines, status, _message(exc))
+                    return True
+                wait = self._failed(f"HTTP {status}: {_message(exc)}", status, exc.retry_after)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                wait = self._failed(str(exc) or type(exc).__name__, 0, None)
+            else:
+                self._written(batch, len(lines))
+                return True
+            if not await self._drain.pause(wait):
+                return False
+
+    async def _post(self, api: WriteApiAsync, text: str) -> None:
+        async with asyncio.timeout(self._cfg.timeout_s):
+            await api.write(
+                bucket=self._cfg.bucket,
+                org=self._cfg.org,
+                record=text,
+                # the library annotates its own str constant as the class
+                write_precision=WritePrecision.NS,  # type: ignore[arg-type]
+            )
+
+    def _written(self, batch: list[tuple[int, Scan]], n_lines: int) -> None:
+        self._cursor.ack(batch[-1][0])
+        self.stats.lines_written += n_lines
+        self.stats.batches_written += 1
+        self._backoff.succeeded()
+        self._link.ok(self._url)
+
+    def _failed(self, reason: str, status: int, retry_after: str | None) -> float:
+        """Count a retryable failure, log it on transition; returns the wait before retrying."""
+        self.stats.failures += 1
+        self.stats.last_error = reason
+        if 400 <= status < 500 and status != 429 and not self._link.failing(self._url):
+            log.error(
+                "InfluxDB refuses writes (%s): check influx.url/token/org/bucket; "
+                "the data is kept and retried",
+                reason,
+            )
+        self._link.fail(self._url, reason)
+        wait = self._backoff.failed()
+        with contextlib.suppress(TypeError, ValueError):
+            wait = max(wait, min(float(retry_after or 0), self._cfg.retry_max_s))
+        return wait
+
+    def _refused(
+        self, batch: list[tuple[int, Scan]], lines: list[str], status: int, msg: str
+    ) -> None:
+        """Bisect a refused batch; a single refused scan is logged, counted and skipped."""
+        if len(batch) > 1:
+            if self._limit == self._ceiling:
+                log.warning(
+                    "InfluxDB refused a batch of %d lines (HTTP %d: %s); bisecting it",
+                    len(lines),
+                    status,
+                    msg,
+                )
+            self._limit = max(1, len(batch) // 2)
+            if status == TOO_LARGE:
+                self._ceiling = self._limit
+            return
+        log.error(
+            "InfluxDB refused a batch of %d line(s) for good (HTTP %d: %s): %.300s",
+            len(lines),
+            status,
+            msg,
+            lines[0] if lines else "",
+        )
+        self._cursor.ack(batch[-1][0])
+        self.stats.rejected_batches += 1
+        self.stats.rejected_lines += len(lines)
+        self.stats.last_error = f"HTTP {status}: {msg}"
+        self._limit = self._ceiling
+
+
+def _message(exc: InfluxDBError) -> str:
+    """The server's own words: the JSON `message`, else the raw body, else the reason."""
+    msg: object = exc.message
+    if isinstance(msg, bytes):
+        msg = msg.decode("utf-8", errors="replace")
+    return str(msg).strip()

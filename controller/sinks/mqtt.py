@@ -1,0 +1,299 @@
+"""MQTT sink: telemetry per scan, a retained status with a will, our own reconnect loop.
+
+aiomqtt has no reconnect, and a reused Client re-sends on reconnect what it queued while
+down (the "ghost publish", shared/libraries.md §3), so every connection gets a fresh Client
+and the journal cursor alone keeps the backlog: a scan is acked only after its PUBACK.
+Topics and payloads are a contract, documented in docs/mqtt.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import socket
+import ssl
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+
+from controller.config import SiteConfig
+from controller.journal import Cursor
+from controller.sinks.drain import DrainDeadline
+from drivers.backoff import Backoff
+from drivers.sample import Quality, Scan, utc_now_ns
+from drivers.transitions import TransitionLog
+
+log = logging.getLogger(__name__)
+
+QUALITY_NAMES = {Quality.GOOD: "good", Quality.UNCERTAIN: "uncertain", Quality.BAD: "bad"}
+# Telemetry is small and every QoS 1 publish waits for its PUBACK: Nagle's algorithm would
+# hold a packet back until the previous one is acked, adding up to a delayed-ACK (40 ms).
+NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+
+
+def iso_utc(t_ns: int) -> str:
+    """`2026-11-22T07:50:42.123456789Z`: UTC with all nine digits of the ns timestamp."""
+    seconds, nanos = divmod(int(t_ns), 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{nanos:09d}Z"
+
+
+def _dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _number(value: float | None) -> float | None:
+    if value is None:
+        return None
+    number = float(value)  # numpy scalars are not JSON serialisable
+    return number if math.isfinite(number) else None
+
+
+def telemetry_payload(seq: int, scan: Scan, device_class: str, area: str) -> bytes:
+    """The JSON of one scan on `<prefix>/telemetry/<device>`."""
+    values: dict[str, float | None] = {}
+    quality: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    units: dict[str, str] = {}
+    for s in scan.samples:
+        values[s.tag] = _number(s.value)
+        quality[s.tag] = QUALITY_NAMES[s.quality]
+        units[s.tag] = s.unit
+        if s.quality is not Quality.GOOD and s.reason:
+            reasons[s.tag] = s.reason
+    return _dumps(
+        {
+            "ts": iso_utc(scan.t_scan_ns),
+            "ts_ns": int(scan.t_scan_ns),
+            "seq": seq,
+            "device": scan.device,
+            "device_class": device_class,
+            "area": area,
+            "values": values,
+            "quality": quality,
+            "reasons": reasons,
+            "units": units,
+        }
+    )
+
+
+def status_payload(state: str, site: str, version: str, t_ns: int | None = None) -> bytes:
+    """The JSON on `<prefix>/status`: online, offline or lost."""
+    ts = iso_utc(utc_now_ns() if t_ns is None else t_ns)
+    return _dumps({"state": state, "ts": ts, "site": site, "version": version})
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and as whom to connect, from `mqtt.url` (userinfo wins over the config keys)."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def from_config(cls, cfg: SiteConfig) -> Endpoint:
+        """Parse `mqtt://[user[:pass]@]host[:port]` or `mqtts://…`; raises ValueError."""
+        mq = cfg.mqtt
+        if mq.url is None:
+            raise ValueError("mqtt.url is not set: the MQTT sink is off")
+        parts = urlsplit(mq.url)
+        if not parts.hostname:
+            raise ValueError(f"mqtt.url {mq.url!r} names no host")
+        tls = parts.scheme == "mqtts"
+        password = mq.password.get_secret_value() if mq.password else None
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (8883 if tls else 1883),
+            tls=tls,
+            username=unquote(parts.username) if parts.username else mq.username,
+            password=unquote(parts.password) if parts.password else password,
+        )
+
+
+@dataclass
+class MqttStats:
+    """Counters for health reporting; `lag` lives on the sink (it is the cursor's)."""
+
+    connected: bool = False
+    connects: int = 0
+    connect_failures: int = 0
+    connection_losses: int = 0
+    telemetry_published: int = 0
+    status_published: int = 0
+    last_error: str | None = None
+
+
+class MqttSink:
+    """Publishes every journal scan as telemetry and keeps `<prefix>/status` truthful."""
+
+    def __init__(
+        self,
+        cfg: SiteConfig,
+        cursor: Cursor,
+        version: str,
+        *,
+        drain_timeout_s: float = 10.0,
+        window: int = 100,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._endpoint = Endpoint.from_config(cfg)
+        self._cursor = cursor
+        self._version = version
+        self._prefix = cfg.topic_prefix
+        self._status_topic = f"{self._prefix}/status"
+        self._devices = {d.id: (d.device_class, d.area) for d in cfg.devices}
+        self._drain = DrainDeadline(cursor, drain_timeout_s)
+        self._window = window
+        self._backoff = Backoff(cfg.mqtt.reconnect_min_s, cfg.mqtt.reconnect_max_s, rng)
+        self._where = f"{self._endpoint.host}:{self._endpoint.port}"
+        self._link = TransitionLog(log, "MQTT broker")
+        self._tls: ssl.SSLContext | None = None
+        self.stats = MqttStats()
+
+    @property
+    def lag(self) -> int:
+        """Scans not yet acknowledged by the broker."""
+        return self._cursor.lag
+
+    def health(self) -> dict[str, object]:
+        """Counters and lag as one flat mapping."""
+        return {**asdict(self.stats), "lag": self.lag}
+
+    async def run(self) -> None:
+        """Forward until the journal is closed and drained (or the drain deadline passes)."""
+        if self._endpoint.tls:
+            self._tls = await asyncio.to_thread(self._tls_context)
+        while True:
+            try:
+                await self._session()
+            except* aiomqtt.MqttError as group:
+                self._session_failed(group)
+            else:
+                return
+            if not await self._drain.pause(self._backoff.failed()):
+                log.error(
+                    "MQTT: giving up at shutdown, broker %s unreachable: %d scans not published",
+                    self._where,
+                    self.lag,
+                )
+                return
+
+    def _tls_context(self) -> ssl.SSLContext:
+        ca = self._cfg.mqtt.tls_ca_file
+        return ssl.create_default_context(cafile=str(ca) if ca else None)
+
+    def _new_client(self) -> aiomqtt.Client:
+        """A fresh client for one connection: nothing queued in an old one can resurface."""
+        mq = self._cfg.mqtt
+        lost = status_payload("lost", self._cfg.site.id, self._version)
+        client = aiomqtt.Client(
+            self._endpoint.host,
+            self._endpoint.port,
+            username=self._endpoint.username,
+            password=self._endpoint.password,
+            identifier=mq.client_id or f"cellfab-{self._cfg.site.id}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=aiomqtt.Will(self._status_topic, lost, qos=1, retain=True),
+            clean_start=True,
+            keepalive=mq.keepalive_s,
+            timeout=mq.publish_timeout_s,
+            tls_context=self._tls,
+            socket_options=NODELAY,
+        )
+        client.pending_calls_threshold = self._window + 10  # a full window is normal
+        return client
+
+    async def _session(self) -> None:
+        """One connection: status online, forward telemetry, then offline once drained."""
+        async with self._new_client() as client:
+            self._connected()
+            try:
+                await self._publish_status(client, "online")
+                async with asyncio.TaskGroup() as tg:
+                    inbound = tg.create_task(self._inbound(client), name="mqtt-inbound")
+                    drained = await self._forward(client)
+                    await self._publish_status(client, "offline" if drained else "lost")
+                    inbound.cancel()
+            except asyncio.CancelledError:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await self._publish_status(client, "lost", timeout_s=1.0)
+                raise
+
+    async def _inbound(self, client: aiomqtt.Client) -> None:
+        """Incoming messages; the iterator raises MqttError as soon as the link drops.
+
+        Nothing is subscribed yet. `<prefix>/alarms/<alarm>` acknowledgements and
+        `<prefix>/cmd/<verb>` go here: subscribe after each connect (the session is
+        clean), dispatch by topic, answer on `<prefix>/reply/<request_id>`.
+        """
+        async for message in client.messages:
+            log.warning("MQTT: message on %s although nothing is subscribed", message.topic)
+
+    async def _forward(self, client: aiomqtt.Client) -> bool:
+        """Publish pending scans a window at a time; False if the drain deadline passed."""
+        qos = self._cfg.mqtt.telemetry_qos
+        timeout_s = self._cfg.mqtt.publish_timeout_s
+        while await self._cursor.wait():
+            if self._drain.expired():
+                log.error("MQTT: drain deadline passed: %d scans not published", self.lag)
+                return False
+            batch = self._cursor.peek(self._window)
+            async with asyncio.TaskGroup() as tg:
+                for seq, scan in batch:
+                    topic = f"{self._prefix}/telemetry/{scan.device}"
+                    payload = self._payload(seq, scan)
+                    tg.create_task(client.publish(topic, payload, qos=qos, timeout=timeout_s))
+            self._cursor.ack(batch[-1][0])  # every publish of the window got its PUBACK
+            self.stats.telemetry_published += len(batch)
+        return True
+
+    def _payload(self, seq: int, scan: Scan) -> bytes:
+        meta = self._devices.get(scan.device)
+        if meta is None:
+            raise ValueError(f"scan from device {scan.device!r}, which is not in the site config")
+        return telemetry_payload(seq, scan, *meta)
+
+    async def _publish_status(
+        self, client: aiomqtt.Client, state: str, timeout_s: float | None = None
+    ) -> None:
+        payload = status_payload(state, self._cfg.site.id, self._version)
+        timeout = timeout_s or self._cfg.mqtt.publish_timeout_s
+        await client.publish(self._status_topic, payload, qos=1, retain=True, timeout=timeout)
+        self.stats.status_published += 1
+
+    def _connected(self) -> None:
+        self.stats.connected = True
+        self.stats.connects += 1
+        self._backoff.succeeded()
+        if not self._link.failing(self._where):
+            log.info("MQTT: connected to %s (status on %s)", self._where, self._status_topic)
+        self._link.ok(self._where)
+
+    def _session_failed(self, group: BaseExceptionGroup[aiomqtt.MqttError]) -> None:
+        first = _first_leaf(group)
+        reason = str(first) or type(first).__name__
+        if self.stats.connected:
+            self.stats.connection_losses += 1
+            reason = f"connection lost: {reason}"
+        else:
+            self.stats.connect_failures += 1
+        self.stats.connected = False
+        self.stats.last_error = reason
+        self._link.fail(self._where, reason)
+
+
+def _first_leaf(group: BaseExceptionGroup[aiomqtt.MqttError]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

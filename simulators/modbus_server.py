@@ -1,0 +1,315 @@
+"""Serve one incubator model over a real pymodbus Modbus TCP server, with injectable faults.
+
+Memory: one SimDevice per unit id of the profile, each with a shared block (FC 3 and FC 4
+address the same registers) holding exactly the profile's addresses. Anything else gets the
+answer a Vaisala probe gives: exception 2 for an address outside the map, 1 for a function
+the unit has no register for. The SimDevice `action` hook, called on every access, is where
+faults act and where a client's set-point write reaches the model; the model's values are
+published with `server.async_setValues`.
+
+A `disconnect` closes the listener and every connection; coming back builds a new server
+on the same port, seeded with the current values, so nothing depends on pymodbus re-listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Self, cast, get_args
+
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
+
+from drivers import codec
+from drivers.registermap import RegisterSpec
+from simulators.config import FaultKind, FaultSpec, IncubatorSimConfig
+from simulators.incubator import (
+    CO2_STATUS_NOT_READY,
+    SETPOINT_LIMITS,
+    IncubatorModel,
+    check_setpoint,
+)
+
+log = logging.getLogger(__name__)
+
+FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
+READ_FUNCTIONS = frozenset({3, 4})  # publishes use these with values: no client can
+EXCEPTION_CODES = frozenset(int(code) for code in ExcCodes)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port the OS reports free now, for configs (they need a real port number).
+
+    Another process may take it before it is used; tests accept that small race. Give an
+    `IncubatorSimulator` port 0 instead where possible: it reports the bound port.
+    """
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct free ports: all are held open while choosing, so none repeats."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def scheduled_faults(faults: Iterable[FaultSpec], elapsed_s: float) -> dict[FaultKind, FaultSpec]:
+    """The configured faults whose window [start, start + duration) holds `elapsed_s`."""
+    return {f.kind: f for f in faults if f.start_s <= elapsed_s < f.start_s + f.duration_s}
+
+
+def registers_for(spec: RegisterSpec, value: float) -> list[int]:
+    """`codec.encode`, except that NaN in an integer register becomes its no-data code."""
+    if math.isnan(value) and spec.type != "float32":
+        raw = spec.not_available_raw
+        if raw is None:
+            raise ValueError(f"{spec.tag}: NaN in an integer register without a no-data code")
+        return [raw & 0xFFFF] if spec.words == 1 else [raw >> 16 & 0xFFFF, raw & 0xFFFF]
+    return codec.encode(spec, value)
+
+
+class IncubatorSimulator:
+    """One incubator (controller on unit 1, GMP251 on unit 240) on one Modbus TCP endpoint.
+
+    Use as `async with IncubatorSimulator(...) as sim:`; the caller steps `sim.model` and
+    calls `update()` (the runner does both). Faults come from `cfg.faults` by wall-clock
+    time given to `update()`, and from `inject()` at run time; either one switches a fault on.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[RegisterSpec],
+        cfg: IncubatorSimConfig,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.model = IncubatorModel(cfg)
+        self._cfg = cfg
+        self._specs = tuple(specs)
+        self._host, self._port = host, port
+        missing = sorted({s.tag for s in self._specs} - set(self.model.state))
+        if missing:
+            raise ValueError(f"profile tags without a value in the incubator model: {missing}")
+        self._readable: dict[tuple[int, int], set[int]] = defaultdict(set)
+        self._writable: dict[int, list[RegisterSpec]] = defaultdict(list)
+        for spec in self._specs:
+            self._readable[spec.device_id, spec.function].update(
+                range(spec.address, spec.address + spec.words)
+            )
+            if spec.writable and spec.tag in SETPOINT_LIMITS:
+                self._writable[spec.device_id].append(spec)
+        self._manual: dict[FaultKind, int] = {}
+        self._scheduled: dict[FaultKind, FaultSpec] = {}
+        self._server: ModbusTcpServer | None = None
+        self._wanted = False
+        self._lock = asyncio.Lock()
+        self._listening = asyncio.Event()
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        """(host, port) clients connect to; the bound port once started with port 0."""
+        return self._host, self._port
+
+    @property
+    def listening(self) -> bool:
+        """True while the server accepts connections (false during a disconnect)."""
+        return self._server is not None
+
+    @property
+    def active_faults(self) -> frozenset[FaultKind]:
+        """Faults in force now, injected or scheduled."""
+        return frozenset(k for k in FAULT_KINDS if k in self._manual or k in self._scheduled)
+
+    async def wait_listening(self) -> None:
+        """Return once the server accepts connections."""
+        await self._listening.wait()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Listen (unless a disconnect fault is in force) with the model's current values."""
+        async with self._lock:
+            self._wanted = True
+            await self._reconcile()
+
+    async def stop(self) -> None:
+        """Close the listener and every connection."""
+        async with self._lock:
+            self._wanted = False
+            await self._reconcile()
+
+    async def inject(self, kind: FaultKind, active: bool, exception_code: int = 6) -> None:
+        """Switch a fault on or off now; it is in force when this returns."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        if active and kind == "exception" and exception_code not in EXCEPTION_CODES:
+            raise ValueError(f"{exception_code} is not a Modbus exception code")
+        async with self._lock:
+            before = self.active_faults
+            if active:
+                self._manual[kind] = exception_code
+            else:
+                self._manual.pop(kind, None)
+            await self._apply(before)
+
+    async def update(self, elapsed_s: float) -> None:
+        """Apply the fault schedule at `elapsed_s` wall seconds and publish the model."""
+        async with self._lock:
+            before = self.active_faults
+            self._scheduled = scheduled_faults(self._cfg.faults, elapsed_s)
+            await self._apply(before)
+
+    async def _apply(self, before: frozenset[FaultKind]) -> None:
+        after = self.active_faults
+        for kind in sorted(after - before):
+            log.info("simulator %s:%d: fault %s on", self._host, self._port, kind)
+        for kind in sorted(before - after):
+            log.info("simulator %s:%d: fault %s off", self._host, self._port, kind)
+        await self._reconcile()
+        await self._publish()
+
+    async def _reconcile(self) -> None:
+        """Bring the server up or down to match `_wanted` and the disconnect fault."""
+        up = self._wanted and "disconnect" not in self.active_faults
+        if up and self._server is None:
+            server = ModbusTcpServer(self._devices(), address=(self._host, self._port))
+            try:
+                await server.serve_forever(background=True)
+            except RuntimeError as exc:  # pymodbus logs the errno, raises without it
+                raise RuntimeError(f"simulator cannot listen on {self._host}:{self._port}") from exc
+            listener = cast(asyncio.Server, server.transport)
+            self._port = int(listener.sockets[0].getsockname()[1])
+            self._server = server
+            self._listening.set()
+        elif not up and self._server is not None:
+            server, self._server = self._server, None
+            self._listening.clear()
+            # closes the listener and every open connection; pymodbus leaves it unannotated
+            await server.shutdown()  # type: ignore[no-untyped-call]
+
+    async def _publish(self) -> None:
+        """Write the current image into the server's memory.
+
+        No await in here yields to the loop (the action hook returns at once for our own
+        writes), so a client never reads half of one publish and half of the next.
+        """
+        if self._server is None:
+            return
+        for spec, regs in self._image().items():
+            await self._server.async_setValues(spec.device_id, spec.function, spec.address, regs)
+
+    def _image(self) -> dict[RegisterSpec, list[int]]:
+        state = self.model.state
+        if "nan" in self.active_faults:
+            state["co2"] = math.nan
+            state["probe_co2_status"] = float(CO2_STATUS_NOT_READY)
+        return {spec: registers_for(spec, state[spec.tag]) for spec in self._specs}
+
+    def _devices(self) -> list[SimDevice]:
+        blocks: dict[int, list[SimData]] = defaultdict(list)
+        for spec, regs in self._image().items():
+            blocks[spec.device_id].append(
+                SimData(spec.address, values=regs, datatype=DataType.REGISTERS)
+            )
+        return [
+            SimDevice(id=unit, simdata=data, action=self._action_for(unit))
+            for unit, data in sorted(blocks.items())
+        ]
+
+    def _action_for(self, unit: int) -> SimAction:
+        async def action(  # noqa: PLR0917 - the signature pymodbus calls
+            fc: int,
+            start: int,
+            addr: int,
+            count: int,
+            regs: list[int],
+            set_values: list[int] | list[bool] | None,
+        ) -> ExcCodes | None:
+            return self._on_access(
+                unit, fc=fc, start=start, addr=addr, count=count, regs=regs, set_values=set_values
+            )
+
+        return action
+
+    def _on_access(
+        self,
+        unit: int,
+        *,
+        fc: int,
+        start: int,
+        addr: int,
+        count: int,
+        regs: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        """Every register access, ours or a client's: faults, writes, the read map."""
+        if set_values is not None and fc in READ_FUNCTIONS:
+            return None  # our own publish
+        active = self.active_faults
+        if "no_response" in active:
+            # pymodbus runs each request in a task of its own; cancelling it sends nothing,
+            # so the master times out as with a device that heard the request but hung.
+            raise asyncio.CancelledError
+        if "exception" in active:
+            return ExcCodes(self._exception_code())
+        if set_values is not None:
+            return self._write(unit, start, addr, regs, [int(v) for v in set_values])
+        if fc in READ_FUNCTIONS:
+            return self._check_read(unit, fc, addr, count)
+        return None  # the read-back half of FC 6/16/22/23, already checked as a write
+
+    def _exception_code(self) -> int:
+        if "exception" in self._manual:
+            return self._manual["exception"]
+        return self._scheduled["exception"].exception_code
+
+    def _check_read(self, unit: int, fc: int, addr: int, count: int) -> ExcCodes | None:
+        readable = self._readable.get((unit, fc))
+        if readable is None:
+            return ExcCodes.ILLEGAL_FUNCTION
+        if any(a not in readable for a in range(addr, addr + count)):
+            return ExcCodes.ILLEGAL_ADDRESS
+        return None
+
+    def _write(
+        self, unit: int, start: int, addr: int, regs: list[int], values: list[int]
+    ) -> ExcCodes | None:
+        """Accept a write that covers set points only and leaves each one valid."""
+        end = addr + len(values)
+        targets = [
+            s for s in self._writable[unit] if s.address < end and addr < s.address + s.words
+        ]
+        covered = {a for s in targets for a in range(s.address, s.address + s.words)}
+        if not targets or any(a not in covered for a in range(addr, end)):
+            return ExcCodes.ILLEGAL_ADDRESS
+        new: dict[str, float] = {}
+        for spec in targets:
+            span = range(spec.address, spec.address + spec.words)
+            words = [values[a - addr] if addr <= a < end else regs[a - start] for a in span]
+            try:
+                new[spec.tag] = codec.decode(spec, words)
+                check_setpoint(spec.tag, new[spec.tag])
+            except ValueError:  # DecodeError (NaN, inf) is a ValueError too
+                return ExcCodes.ILLEGAL_VALUE
+        for tag, value in new.items():
+            self.model.set_setpoint(tag, value)
+        return None
