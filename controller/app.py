@@ -82,10 +82,9 @@ class Daemon:
 
     async def _announce_ready(self) -> None:
         """READY once every device has been scanned once (good or bad), as systemd expects."""
-        while any(p.stats.scans == 0 for p in self.pollers):
-            if self.journal.closed:
-                return
-            await self.journal.changed()
+        await asyncio.gather(*(p.scanned.wait() for p in self.pollers))
+        if self.journal.closed:
+            return
         self.ready.set()
         sdnotify.notify(f"READY=1\nSTATUS=polling {len(self.pollers)} devices")
         log.info("ready: %d devices, sinks: %s", len(self.pollers), ", ".join(self.sinks) or "none")

@@ -21,7 +21,11 @@ class Hub:
         self.scans = 0
 
     def publish(self, scan: Scan) -> int:
-        """Record a scan; returns its journal sequence number."""
-        self.store.update(scan)
+        """Record a scan; returns its journal sequence number.
+
+        A backfilled scan is history: it goes to the record, not into the latest values.
+        """
+        if not scan.backfill:
+            self.store.update(scan)
         self.scans += 1
         return self.journal.append(scan)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controller.hub import Hub
-from drivers.base import Driver
+from drivers.base import Driver, RecordDriver
 from drivers.sample import Scan, utc_now_ns
 
 
@@ -54,15 +54,20 @@ class Poller:
         self._hub = hub
         self._clock = clock
         self.stats = ScheduleStats()
+        self.scanned = asyncio.Event()  # set after the first scan (or when the loop ends)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Scan until `stop` is set; the first scan is immediate."""
         due = self._clock()
-        while not stop.is_set():
-            self.stats.lateness_s.append(max(0.0, self._clock() - due))
-            await self.scan_once()
-            due = self._next_due(due)
-            await self._wait_until(due, stop)
+        try:
+            while not stop.is_set():
+                self.stats.lateness_s.append(max(0.0, self._clock() - due))
+                await self.scan_once()
+                self.scanned.set()
+                due = self._next_due(due)
+                await self._wait_until(due, stop)
+        finally:
+            self.scanned.set()
 
     async def _wait_until(self, due: float, stop: asyncio.Event) -> None:
         delay = due - self._clock()
@@ -72,11 +77,16 @@ class Poller:
                     await stop.wait()
 
     async def scan_once(self) -> Scan:
-        """Read the device once and hand the scan to the hub."""
+        """Read the device once and hand the scan (or the device's records) to the hub."""
         t_scan = utc_now_ns()
         samples = await self._driver.read()
         scan = Scan(self.device, t_scan, tuple(samples))
-        self._hub.publish(scan)
+        if isinstance(self._driver, RecordDriver):
+            self._hub.store.update(scan)  # latest state only: the records are the record
+            for rec in self._driver.drain_records():
+                self._hub.publish(Scan(self.device, rec.t_ns, tuple(rec.samples), rec.backfill))
+        else:
+            self._hub.publish(scan)
         self.stats.scans += 1
         return scan
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Protocol, Self
+from typing import NamedTuple, Protocol, Self, runtime_checkable
 
 from pydantic import Field
 
@@ -55,4 +55,30 @@ class Driver(Protocol):
 
     async def read(self) -> list[Sample]:
         """One sample per tag, every time: failures come back as BAD samples, not raises."""
+        ...
+
+
+class Record(NamedTuple):
+    """A measurement the device itself timestamped (a particle-count sample, a cell count).
+
+    `t_ns` is the device's time (UTC ns); `backfill` marks a record read back from the
+    device's buffer after an outage.
+    """
+
+    t_ns: int
+    samples: list[Sample]
+    backfill: bool = False
+
+
+@runtime_checkable
+class RecordDriver(Protocol):
+    """A driver whose data are records, not polled values (particle and cell counters).
+
+    Its `read()` still returns one sample per tag (the latest state, for the tag store and
+    the live view); what goes into the record (journal, InfluxDB, MQTT) are the records
+    `drain_records()` hands over after each read, each exactly once, oldest first.
+    """
+
+    def drain_records(self) -> list[Record]:
+        """Records completed since the last call (new ones and backfilled ones)."""
         ...

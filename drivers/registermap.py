@@ -16,6 +16,7 @@ RegisterType = Literal["u16", "s16", "u32", "s32", "float32"]
 WordOrder = Literal["big", "little"]
 TAG_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 
+RESERVED_SUFFIXES = ("_quality", "_reason")  # InfluxDB field names derived from a tag (influx.md)
 WORDS: dict[str, int] = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "float32": 2}
 
 
@@ -61,6 +62,8 @@ class RegisterSpec(Frozen):
 
     @model_validator(mode="after")
     def _fits_address_space(self) -> RegisterSpec:
+        if self.tag.endswith(RESERVED_SUFFIXES):
+            raise ValueError(f"tag {self.tag!r}: names ending in {RESERVED_SUFFIXES} are reserved")
         if self.address + self.words > 65536:
             raise ValueError(f"{self.type} at {self.address} runs past register 65535")
         return self

@@ -51,12 +51,14 @@ class Scan(NamedTuple):
     """All samples of one poll of one device, stamped with the scan's UTC start time.
 
     The scan time is what InfluxDB and MQTT both carry, so the two records of one scan have
-    the same timestamp (docs/influx.md, docs/mqtt.md).
+    the same timestamp (docs/influx.md, docs/mqtt.md). `backfill` marks a record read back
+    from a device's own buffer after an outage: its time is the device's, in the past.
     """
 
     device: str
     t_scan_ns: int
     samples: tuple[Sample, ...]
+    backfill: bool = False
 
 
 def utc_now_ns() -> int:

@@ -29,6 +29,7 @@ from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
 from drivers import codec
 from drivers.registermap import RegisterSpec
+from simulators.base import steps_due
 from simulators.config import FaultKind, FaultSpec, IncubatorSimConfig
 from simulators.incubator import (
     CO2_STATUS_NOT_READY,
@@ -170,6 +171,22 @@ class IncubatorSimulator:
             else:
                 self._manual.pop(kind, None)
             await self._apply(before)
+
+    @property
+    def where(self) -> str:
+        """host:port, for logs."""
+        return f"{self._host}:{self._port}"
+
+    @property
+    def tick_s(self) -> float:
+        """One model step in wall time, within 0.05..0.5 s (faster only burns CPU)."""
+        return min(0.5, max(0.05, self._cfg.step_s / self._cfg.time_scale))
+
+    async def advance(self, elapsed_s: float) -> None:
+        """Step the model to `elapsed_s` wall seconds (scaled), then publish and fault."""
+        due = steps_due(elapsed_s, self._cfg.time_scale, self._cfg.step_s)
+        self.model.run(due - self.model.steps)
+        await self.update(elapsed_s)
 
     async def update(self, elapsed_s: float) -> None:
         """Apply the fault schedule at `elapsed_s` wall seconds and publish the model."""

@@ -11,26 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-from drivers.modbus_tcp import ModbusTcpConfig
+from drivers.registry import DeviceConfig
+from simulators.base import Simulator
 from simulators.modbus_server import IncubatorSimulator
 
 log = logging.getLogger(__name__)
-
-TICK_MIN_S = 0.05  # publishing faster than 20 Hz only burns CPU
-TICK_MAX_S = 0.5  # fault windows and the door still resolve to half a second
 
 
 @dataclass(frozen=True)
 class Simulation:
     """The running simulators by device id, and the task that drives their physics."""
 
-    sims: Mapping[str, IncubatorSimulator]
+    sims: Mapping[str, Simulator]
     task: asyncio.Task[None]
 
     async def wait_ready(self) -> None:
@@ -42,30 +39,33 @@ class Simulation:
         await self.task
 
 
-def steps_due(elapsed_wall_s: float, time_scale: float, step_s: float) -> int:
-    """Whole model steps that fit into the simulated time since start."""
-    return math.floor(elapsed_wall_s * time_scale / step_s + 1e-9)
+def make_simulator(dev: DeviceConfig) -> Simulator:
+    """The simulator for one device, by its `[devices.simulator]` model (explicit table)."""
+    if dev.simulator is None:
+        raise ValueError(f"device {dev.id} has no simulator")
+    return SIMULATORS[dev.simulator.model](dev)
 
 
-def tick_s(sims: Iterable[IncubatorSimulator]) -> float:
-    """Wall seconds between physics ticks: one step of the fastest model, within bounds."""
-    periods = [sim.model.cfg.step_s / sim.model.cfg.time_scale for sim in sims]
-    return min(TICK_MAX_S, max(TICK_MIN_S, min(periods, default=TICK_MAX_S)))
+def _incubator(dev: DeviceConfig) -> Simulator:
+    if dev.simulator is None:
+        raise ValueError(f"device {dev.id} has no simulator")
+    return IncubatorSimulator(dev.registers, dev.simulator, dev.host, dev.port)
+
+
+SIMULATORS: dict[str, Callable[[DeviceConfig], Simulator]] = {
+    "co2_incubator": _incubator,
+}
 
 
 @asynccontextmanager
-async def serve_devices(devices: Iterable[ModbusTcpConfig]) -> AsyncIterator[Simulation]:
+async def serve_devices(devices: Iterable[DeviceConfig]) -> AsyncIterator[Simulation]:
     """Serve every device with a simulator at its host/port until the block exits.
 
     On entry all servers listen (readiness is this function returning); on exit the physics
     task and every server are stopped and awaited. A bug in the physics task is raised on
     exit and by `Simulation.wait()`.
     """
-    sims = {
-        dev.id: IncubatorSimulator(dev.registers, dev.simulator, dev.host, dev.port)
-        for dev in devices
-        if dev.simulator is not None
-    }
+    sims = {dev.id: make_simulator(dev) for dev in devices if dev.simulator is not None}
     async with AsyncExitStack() as stack:
         for sim in sims.values():
             await stack.enter_async_context(sim)
@@ -80,28 +80,25 @@ async def serve_devices(devices: Iterable[ModbusTcpConfig]) -> AsyncIterator[Sim
                 raise error
 
 
-async def drive(sims: Iterable[IncubatorSimulator]) -> None:
-    """Step, publish and apply faults for every simulator, forever (cancel to stop)."""
+async def drive(sims: Iterable[Simulator]) -> None:
+    """Advance every simulator on its own tick, forever (cancel to stop)."""
     sims = tuple(sims)
-    period = tick_s(sims)
+    period = min((sim.tick_s for sim in sims), default=0.5)
     t0 = time.monotonic()
     while True:
         elapsed = time.monotonic() - t0
         for sim in sims:
-            cfg = sim.model.cfg
-            sim.model.run(steps_due(elapsed, cfg.time_scale, cfg.step_s) - sim.model.steps)
-            await sim.update(elapsed)
+            await sim.advance(elapsed)
         await asyncio.sleep(period)  # a period timer, not synchronisation
 
 
-async def serve_until(devices: Iterable[ModbusTcpConfig], stop: asyncio.Event) -> None:
+async def serve_until(devices: Iterable[DeviceConfig], stop: asyncio.Event) -> None:
     """Serve every simulated device until `stop` is set (`cellfab simulate`)."""
     async with serve_devices(devices) as simulation:
         if not simulation.sims:
             raise ValueError("no device has a [devices.simulator] table")
         for dev_id, sim in simulation.sims.items():
-            host, port = sim.endpoint
-            log.info("simulating %s at %s:%d", dev_id, host, port)
+            log.info("simulating %s at %s", dev_id, sim.where)
         stopped = asyncio.create_task(stop.wait(), name="simulator-stop")
         try:
             await asyncio.wait([stopped, simulation.task], return_when=asyncio.FIRST_COMPLETED)
@@ -110,6 +107,6 @@ async def serve_until(devices: Iterable[ModbusTcpConfig], stop: asyncio.Event) -
             await asyncio.wait([stopped])
 
 
-async def run_forever(devices: Iterable[ModbusTcpConfig]) -> None:
+async def run_forever(devices: Iterable[DeviceConfig]) -> None:
     """Serve every simulated device until cancelled."""
     await serve_until(devices, asyncio.Event())

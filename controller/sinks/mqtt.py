@@ -67,20 +67,21 @@ def telemetry_payload(seq: int, scan: Scan, device_class: str, area: str) -> byt
         units[s.tag] = s.unit
         if s.quality is not Quality.GOOD and s.reason:
             reasons[s.tag] = s.reason
-    return _dumps(
-        {
-            "ts": iso_utc(scan.t_scan_ns),
-            "ts_ns": int(scan.t_scan_ns),
-            "seq": seq,
-            "device": scan.device,
-            "device_class": device_class,
-            "area": area,
-            "values": values,
-            "quality": quality,
-            "reasons": reasons,
-            "units": units,
-        }
-    )
+    message: dict[str, object] = {
+        "ts": iso_utc(scan.t_scan_ns),
+        "ts_ns": int(scan.t_scan_ns),
+        "seq": seq,
+        "device": scan.device,
+        "device_class": device_class,
+        "area": area,
+        "values": values,
+        "quality": quality,
+        "reasons": reasons,
+        "units": units,
+    }
+    if scan.backfill:
+        message["backfill"] = True  # read back from the device's buffer after an outage
+    return _dumps(message)
 
 
 def status_payload(state: str, site: str, version: str, t_ns: int | None = None) -> bytes:

@@ -169,3 +169,9 @@ def test_block_decoder_agrees_with_the_reference_decode(
                 assert value == pytest.approx(want, nan_ok=False)
             else:
                 assert value == want
+
+
+def test_tag_names_that_collide_with_influx_fields_are_refused() -> None:
+    """`x_quality` would overwrite the quality field of tag `x` in InfluxDB."""
+    with pytest.raises(ValueError, match="reserved"):
+        spec(tag="co2_quality")
