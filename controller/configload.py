@@ -144,11 +144,12 @@ def _resolve(cfg: SiteConfig, path: Path, *, read_secrets: bool) -> SiteConfig:
     errors: list[str] = []
     devices = []
     for i, dev in enumerate(cfg.devices):
-        if dev.register_map is not None or dev.profile is None:
+        profile = getattr(dev, "profile", None)  # register-map devices (Modbus TCP / RTU)
+        if getattr(dev, "register_map", None) is not None or profile is None:
             devices.append(dev)
             continue
         try:
-            regmap = load_profile(dev.profile, path.parent)
+            regmap = load_profile(profile, path.parent)
         except ConfigError as exc:
             errors += [f"{path}: devices.{i}.profile: {e}" for e in exc.errors]
             continue

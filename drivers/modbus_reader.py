@@ -15,7 +15,7 @@ from pymodbus import ModbusException
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from drivers.codec import ReadRequest
-from drivers.registermap import RegisterSpec
+from drivers.registermap import RegisterSpec, Validity
 from drivers.sample import Quality, Sample, utc_now_ns
 
 EXCEPTION_NAMES = {
@@ -126,24 +126,47 @@ async def read_plan(
 
 def apply_validity(specs: Sequence[RegisterSpec], samples: list[Sample]) -> list[Sample]:
     """Downgrade values whose status register says they are not reliable (Vaisala, Huba)."""
-    by_tag = {s.tag: s for s in samples}
-    out = []
-    for spec, sample in zip(specs, samples, strict=True):
-        rule = spec.validity
-        if rule is None or sample.quality is Quality.BAD:
-            out.append(sample)
-            continue
-        status = by_tag[rule.tag]
-        if status.value is None:
-            out.append(_downgrade(sample, Quality.UNCERTAIN, f"{rule.tag} unreadable"))
-        elif int(status.value) in rule.good:
-            out.append(sample)
-        elif int(status.value) in rule.uncertain:
-            out.append(_downgrade(sample, Quality.UNCERTAIN, f"{rule.tag}={int(status.value)}"))
-        else:
-            reason = f"{rule.tag}={int(status.value)}"
-            out.append(Sample.bad(sample.tag, sample.unit, reason, sample.t_receive_ns))
-    return out
+    return MapLayout(specs, [list(zip(specs, range(len(specs)), strict=True))]).assemble(samples)
+
+
+class MapLayout:
+    """Puts one scan's samples (in read order) back into map order and applies validity.
+
+    Computed once per driver: per scan it is a list permutation plus one check per value
+    that has a status register, instead of dictionaries rebuilt for every scan.
+    """
+
+    def __init__(
+        self, specs: Sequence[RegisterSpec], reads: Sequence[Sequence[tuple[RegisterSpec, int]]]
+    ) -> None:
+        position = {spec.tag: i for i, spec in enumerate(s for read in reads for s, _ in read)}
+        self._order = [position[spec.tag] for spec in specs]
+        index = {spec.tag: i for i, spec in enumerate(specs)}
+        self._rules = [
+            (i, index[spec.validity.tag], spec.validity)
+            for i, spec in enumerate(specs)
+            if spec.validity is not None
+        ]
+
+    def assemble(self, samples: Sequence[Sample]) -> list[Sample]:
+        """Samples in map order, each downgraded as its status register demands."""
+        out = [samples[i] for i in self._order]
+        for i, j, rule in self._rules:
+            out[i] = _judge(out[i], out[j], rule)
+        return out
+
+
+def _judge(sample: Sample, status: Sample, rule: Validity) -> Sample:
+    if sample.quality is Quality.BAD:
+        return sample
+    if status.value is None:
+        return _downgrade(sample, Quality.UNCERTAIN, f"{rule.tag} unreadable")
+    code = int(status.value)
+    if code in rule.good:
+        return sample
+    if code in rule.uncertain:
+        return _downgrade(sample, Quality.UNCERTAIN, f"{rule.tag}={code}")
+    return Sample.bad(sample.tag, sample.unit, f"{rule.tag}={code}", sample.t_receive_ns)
 
 
 def _downgrade(sample: Sample, quality: Quality, reason: str) -> Sample:

@@ -19,7 +19,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from drivers.backoff import Backoff
 from drivers.base import DeviceBase
 from drivers.codec import plan_reads
-from drivers.modbus_reader import apply_validity, read_plan
+from drivers.modbus_reader import MapLayout, read_plan
 from drivers.registermap import RegisterMap, RegisterSpec
 from drivers.sample import Sample, utc_now_ns
 from drivers.transitions import TransitionLog
@@ -60,6 +60,7 @@ class ModbusTcpDriver:
         self._cfg = cfg
         self._specs = cfg.registers
         self._plan = plan_reads(self._specs, cfg.max_gap_registers)
+        self._layout = MapLayout(self._specs, [req.specs for req in self._plan])
         self._client: AsyncModbusTcpClient | None = None
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng)
         self._link = TransitionLog(log, f"device {cfg.id}")
@@ -99,9 +100,8 @@ class ModbusTcpDriver:
             self._backoff.failed()
         else:
             self._link.ok("link")
-        by_tag = {s.tag: s for s in samples}
-        ordered = apply_validity(self._specs, [by_tag[s.tag] for s in self._specs])
-        if down is None:
+        ordered = self._layout.assemble(samples)
+        if down is None and (self._tags.any_failing or any(s.reason for s in ordered)):
             self._log_tag_transitions(ordered)
         return ordered
 

@@ -23,6 +23,11 @@ class TransitionLog:
         self._clock = clock
         self._failing: dict[str, tuple[str, float, int]] = {}
 
+    @property
+    def any_failing(self) -> bool:
+        """True while any key is in a failed state."""
+        return bool(self._failing)
+
     def failing(self, key: str) -> bool:
         """True while `key` is in a failed state."""
         return key in self._failing
