@@ -18,6 +18,7 @@ from pydantic import SecretStr, ValidationError
 
 from controller.config import SiteConfig
 from drivers.registermap import RegisterMap
+from drivers.registry import DRIVERS
 
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CELLFAB_MQTT_URL": ("mqtt", "url"),
@@ -108,7 +109,15 @@ def pydantic_errors(
     for err in errors:
         if err["type"] == "too_short" and err["loc"] in failing:
             continue  # "no items" only because the items themselves are invalid
-        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        loc = _dotted(err["loc"])
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            known = ", ".join(DRIVERS)
+            ctx = err.get("ctx") or {}
+            if err["type"] == "union_tag_not_found":
+                out.append((f"{loc}.driver", f"required key is missing (one of: {known})"))
+            else:
+                out.append((f"{loc}.driver", f"unknown driver {ctx.get('tag')!r} (known: {known})"))
+            continue
         msg = _FRIENDLY.get(err["type"], err["msg"])
         if loc in from_env:  # never echo the value: env values carry passwords and tokens
             loc = f"{loc} (from ${from_env[loc]})"
@@ -118,6 +127,16 @@ def pydantic_errors(
             continue  # reported by _duplicate_ids with the exact key path
         out.append((loc, msg.removeprefix("Value error, ")))
     return out
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    """`devices.3.port`: without the union tag pydantic inserts (`devices.3.modbus_tcp.port`)."""
+    parts = [
+        str(part)
+        for i, part in enumerate(loc)
+        if not (part in DRIVERS and i > 0 and isinstance(loc[i - 1], int))
+    ]
+    return ".".join(parts) or "(top level)"
 
 
 def _duplicate_ids(raw: dict[str, Any]) -> list[tuple[str, str]]:

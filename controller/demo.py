@@ -1,12 +1,13 @@
 """`cellfab demo`: the simulated suite and the daemon in one process, on embedded defaults.
 
 The embedded config is `config/demo.toml`; its simulators are moved to free loopback ports
-so the demo runs on any machine, whatever else listens there.
+and temporary pty links, so the demo runs on any machine, whatever else listens there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -18,27 +19,31 @@ from simulators.modbus_server import free_ports
 from simulators.runner import serve_devices
 
 
-def demo_config() -> SiteConfig:
-    """The embedded demo suite, each simulated device on a free loopback port."""
+def demo_config(links: Path) -> SiteConfig:
+    """The embedded demo suite: network devices on free loopback ports, serial devices on
+    ptys linked under `links`, so the demo runs on any machine whatever else runs there."""
     text = resources.files("config").joinpath("demo.toml").read_text()
     cfg = load_site_text(text, Path("config/demo.toml"))
-    ports = free_ports(len(cfg.devices))
-    devices = tuple(
-        dev.model_copy(update={"host": "127.0.0.1", "port": port})
-        for dev, port in zip(cfg.devices, ports, strict=True)
-    )
-    return cfg.model_copy(update={"devices": devices})
+    ports = iter(free_ports(len(cfg.devices)))
+    devices = []
+    for dev in cfg.devices:
+        if hasattr(dev, "host"):
+            devices.append(dev.model_copy(update={"host": "127.0.0.1", "port": next(ports)}))
+        else:
+            devices.append(dev.model_copy(update={"port": str(links / dev.id)}))
+    return cfg.model_copy(update={"devices": tuple(devices)})
 
 
 async def run_demo(stop: asyncio.Event, *, view: bool, duration_s: float | None) -> None:
     """Serve the simulators, run the daemon against them, show the live view."""
-    cfg = demo_config()
     if duration_s is not None:
         asyncio.get_running_loop().call_later(duration_s, stop.set)
-    async with serve_devices(cfg.devices):
-        daemon = Daemon(cfg)
+    with tempfile.TemporaryDirectory(prefix="cellfab-demo-") as links:
+        cfg = demo_config(Path(links))
+        async with serve_devices(cfg.devices):
+            daemon = Daemon(cfg)
 
-        async def live(stop: asyncio.Event) -> None:
-            await run_view(daemon.store, stop, f"cellfab demo — {cfg.site.name}")
+            async def live(stop: asyncio.Event) -> None:
+                await run_view(daemon.store, stop, f"cellfab demo — {cfg.site.name}")
 
-        await daemon.run(stop, extra=live if view else None)
+            await daemon.run(stop, extra=live if view else None)

@@ -29,3 +29,12 @@ class Hub:
             self.store.update(scan)
         self.scans += 1
         return self.journal.append(scan)
+
+    def latest(self, scan: Scan) -> None:
+        """Update the latest values only: a record driver's state, which is not a record."""
+        self.store.update(scan)
+
+    def record(self, scan: Scan) -> int:
+        """Journal a device's own record (it may carry a subset of the device's tags)."""
+        self.scans += 1
+        return self.journal.append(scan)

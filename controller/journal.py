@@ -54,9 +54,10 @@ class Journal:
             raise RuntimeError("journal is closed")
         seq = self._next_seq
         self._next_seq += 1
-        self._items.append((seq, scan))
-        if len(self._items) > self._max:
-            self._drop_oldest()
+        if self._cursors:  # with no consumer there is nobody to keep it for
+            self._items.append((seq, scan))
+            if len(self._items) > self._max:
+                self._drop_oldest()
         self._wake()
         return seq
 
@@ -91,8 +92,8 @@ class Journal:
 
     def _drop_oldest(self) -> None:
         seq, scan = self._items.popleft()
-        if not self._cursors or min(c.acked for c in self._cursors.values()) >= seq:
-            return  # every consumer has it (or there is none): plain retention, not a loss
+        if min(c.acked for c in self._cursors.values()) >= seq:
+            return  # every consumer has it: plain retention, not a loss
         self.dropped += 1
         if self.dropped == 1 or self.dropped % 1000 == 0:
             log.error(

@@ -82,9 +82,9 @@ class Poller:
         samples = await self._driver.read()
         scan = Scan(self.device, t_scan, tuple(samples))
         if isinstance(self._driver, RecordDriver):
-            self._hub.store.update(scan)  # latest state only: the records are the record
+            self._hub.latest(scan)  # latest state only: the device's records are the record
             for rec in self._driver.drain_records():
-                self._hub.publish(Scan(self.device, rec.t_ns, tuple(rec.samples), rec.backfill))
+                self._hub.record(Scan(self.device, rec.t_ns, tuple(rec.samples), rec.backfill))
         else:
             self._hub.publish(scan)
         self.stats.scans += 1

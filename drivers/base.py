@@ -9,7 +9,6 @@ from pydantic import Field
 
 from drivers.registermap import TAG_PATTERN, Frozen
 from drivers.sample import Sample
-from simulators.config import SimulatorConfig
 
 
 class DeviceBase(Frozen):
@@ -23,9 +22,8 @@ class DeviceBase(Frozen):
     timeout_s: float = Field(default=0.5, gt=0.0, le=60.0, description="per request")
     reconnect_min_s: float = Field(default=0.5, gt=0.0)
     reconnect_max_s: float = Field(default=30.0, gt=0.0)
-    simulator: SimulatorConfig | None = Field(
-        default=None, description="served by `cellfab simulate` / `cellfab demo` at this endpoint"
-    )
+    # Each driver's config adds `simulator: <its simulator's config> | None`: served by
+    # `cellfab simulate` / `cellfab demo` at the device's endpoint.
 
 
 class TagInfo(Protocol):

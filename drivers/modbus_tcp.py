@@ -23,6 +23,7 @@ from drivers.modbus_reader import MapLayout, read_plan
 from drivers.registermap import RegisterMap, RegisterSpec
 from drivers.sample import Sample, utc_now_ns
 from drivers.transitions import TransitionLog
+from simulators.config import IncubatorSimConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class ModbusTcpConfig(DeviceBase):
     )
     register_map: RegisterMap | None = Field(default=None, description="inline map")
     max_gap_registers: int = Field(default=0, ge=0, le=124)
+    simulator: IncubatorSimConfig | None = None
 
     @model_validator(mode="after")
     def _has_map(self) -> ModbusTcpConfig:

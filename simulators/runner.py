@@ -16,9 +16,14 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-from drivers.registry import DeviceConfig
+from drivers.cell_counter import CellCounterConfig
+from drivers.modbus_tcp import ModbusTcpConfig
+from drivers.particle_counter import ParticleCounterConfig
+from drivers.registry import AnyDeviceConfig
 from simulators.base import Simulator
+from simulators.cell_counter import CellCounterSimulator
 from simulators.modbus_server import IncubatorSimulator
+from simulators.particle_server import ParticleCounterSimulator
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +44,40 @@ class Simulation:
         await self.task
 
 
-def make_simulator(dev: DeviceConfig) -> Simulator:
+def make_simulator(dev: AnyDeviceConfig) -> Simulator:
     """The simulator for one device, by its `[devices.simulator]` model (explicit table)."""
     if dev.simulator is None:
         raise ValueError(f"device {dev.id} has no simulator")
     return SIMULATORS[dev.simulator.model](dev)
 
 
-def _incubator(dev: DeviceConfig) -> Simulator:
-    if dev.simulator is None:
-        raise ValueError(f"device {dev.id} has no simulator")
+def _incubator(dev: AnyDeviceConfig) -> Simulator:
+    if not isinstance(dev, ModbusTcpConfig) or dev.simulator is None:
+        raise TypeError(f"device {dev.id}: co2_incubator simulates Modbus TCP devices only")
     return IncubatorSimulator(dev.registers, dev.simulator, dev.host, dev.port)
 
 
-SIMULATORS: dict[str, Callable[[DeviceConfig], Simulator]] = {
+def _particle_counter(dev: AnyDeviceConfig) -> Simulator:
+    if not isinstance(dev, ParticleCounterConfig):
+        raise TypeError(f"device {dev.id}: lighthouse_remote simulates lighthouse_remote only")
+    return ParticleCounterSimulator(dev)
+
+
+def _cell_counter(dev: AnyDeviceConfig) -> Simulator:
+    if not isinstance(dev, CellCounterConfig):
+        raise TypeError(f"device {dev.id}: cell_counter simulates cell_counter_serial only")
+    return CellCounterSimulator.from_device(dev)
+
+
+SIMULATORS: dict[str, Callable[[AnyDeviceConfig], Simulator]] = {
     "co2_incubator": _incubator,
+    "lighthouse_remote": _particle_counter,
+    "cell_counter": _cell_counter,
 }
 
 
 @asynccontextmanager
-async def serve_devices(devices: Iterable[DeviceConfig]) -> AsyncIterator[Simulation]:
+async def serve_devices(devices: Iterable[AnyDeviceConfig]) -> AsyncIterator[Simulation]:
     """Serve every device with a simulator at its host/port until the block exits.
 
     On entry all servers listen (readiness is this function returning); on exit the physics
@@ -92,7 +111,7 @@ async def drive(sims: Iterable[Simulator]) -> None:
         await asyncio.sleep(period)  # a period timer, not synchronisation
 
 
-async def serve_until(devices: Iterable[DeviceConfig], stop: asyncio.Event) -> None:
+async def serve_until(devices: Iterable[AnyDeviceConfig], stop: asyncio.Event) -> None:
     """Serve every simulated device until `stop` is set (`cellfab simulate`)."""
     async with serve_devices(devices) as simulation:
         if not simulation.sims:
@@ -107,6 +126,6 @@ async def serve_until(devices: Iterable[DeviceConfig], stop: asyncio.Event) -> N
             await asyncio.wait([stopped])
 
 
-async def run_forever(devices: Iterable[DeviceConfig]) -> None:
+async def run_forever(devices: Iterable[AnyDeviceConfig]) -> None:
     """Serve every simulated device until cancelled."""
     await serve_until(devices, asyncio.Event())

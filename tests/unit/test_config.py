@@ -167,3 +167,16 @@ def test_config_round_trips_through_its_own_dump(site: str, ids: list[str]) -> N
     }
     cfg = SiteConfig.model_validate(raw)
     assert SiteConfig.model_validate(cfg.model_dump()) == cfg
+
+
+def test_unknown_or_missing_driver_is_named_with_the_known_ones(tmp_path: Path) -> None:
+    """A misspelt or missing `driver` says so at `devices.N.driver`, listing the drivers."""
+    text = '[site]\nid = "lab"\n' + VALID_DEVICE.format(id="a").replace(
+        'driver = "modbus_tcp"', 'driver = "modbus_tpc"'
+    )
+    text += VALID_DEVICE.format(id="b").replace('driver = "modbus_tcp"\n', "")
+    with pytest.raises(ConfigError) as exc:
+        load_site(write(tmp_path, text), {})
+    first, second = exc.value.errors
+    assert "devices.0.driver: unknown driver 'modbus_tpc' (known: modbus_tcp," in first
+    assert "devices.1.driver: required key is missing (one of: modbus_tcp," in second

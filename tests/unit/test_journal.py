@@ -47,12 +47,14 @@ def test_overflow_counts_only_scans_a_sink_never_got() -> None:
     assert cur.peek(1)[0][1].t_scan_ns == 50
 
 
-def test_retention_without_consumers_is_not_a_loss() -> None:
-    """With no sink configured (the demo) old scans just age out, nothing is 'dropped'."""
+def test_nothing_is_held_without_consumers() -> None:
+    """With no sink configured (the demo) scans are numbered but not held, and not 'lost'."""
     journal = Journal(100)
     for i in range(150):
         journal.append(scan(i))
     assert journal.dropped == 0
+    assert journal.last_seq == 150
+    assert journal.items_after(0, 10) == []
 
 
 def test_ack_trims_what_every_cursor_has() -> None:
