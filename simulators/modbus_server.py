@@ -21,10 +21,9 @@ import socket
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Self, cast, get_args
+from typing import Self, get_args
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
 from drivers import codec
@@ -37,6 +36,7 @@ from simulators.incubator import (
     IncubatorModel,
     check_setpoint,
 )
+from simulators.tcp_endpoint import ModbusTcpEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class IncubatorSimulator:
         self.model = IncubatorModel(cfg)
         self._cfg = cfg
         self._specs = tuple(specs)
-        self._host, self._port = host, port
+        self._net = ModbusTcpEndpoint(host, port)
         missing = sorted({s.tag for s in self._specs} - set(self.model.state))
         if missing:
             raise ValueError(f"profile tags without a value in the incubator model: {missing}")
@@ -110,20 +110,18 @@ class IncubatorSimulator:
                 self._writable[spec.device_id].append(spec)
         self._manual: dict[FaultKind, int] = {}
         self._scheduled: dict[FaultKind, FaultSpec] = {}
-        self._server: ModbusTcpServer | None = None
         self._wanted = False
         self._lock = asyncio.Lock()
-        self._listening = asyncio.Event()
 
     @property
     def endpoint(self) -> tuple[str, int]:
         """(host, port) clients connect to; the bound port once started with port 0."""
-        return self._host, self._port
+        return self._net.host, self._net.port
 
     @property
     def listening(self) -> bool:
         """True while the server accepts connections (false during a disconnect)."""
-        return self._server is not None
+        return self._net.listening
 
     @property
     def active_faults(self) -> frozenset[FaultKind]:
@@ -132,7 +130,7 @@ class IncubatorSimulator:
 
     async def wait_listening(self) -> None:
         """Return once the server accepts connections."""
-        await self._listening.wait()
+        await self._net.wait_listening()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -175,7 +173,7 @@ class IncubatorSimulator:
     @property
     def where(self) -> str:
         """host:port, for logs."""
-        return f"{self._host}:{self._port}"
+        return self._net.where
 
     @property
     def tick_s(self) -> float:
@@ -198,30 +196,19 @@ class IncubatorSimulator:
     async def _apply(self, before: frozenset[FaultKind]) -> None:
         after = self.active_faults
         for kind in sorted(after - before):
-            log.info("simulator %s:%d: fault %s on", self._host, self._port, kind)
+            log.info("simulator %s: fault %s on", self.where, kind)
         for kind in sorted(before - after):
-            log.info("simulator %s:%d: fault %s off", self._host, self._port, kind)
+            log.info("simulator %s: fault %s off", self.where, kind)
         await self._reconcile()
         await self._publish()
 
     async def _reconcile(self) -> None:
         """Bring the server up or down to match `_wanted` and the disconnect fault."""
         up = self._wanted and "disconnect" not in self.active_faults
-        if up and self._server is None:
-            server = ModbusTcpServer(self._devices(), address=(self._host, self._port))
-            try:
-                await server.serve_forever(background=True)
-            except RuntimeError as exc:  # pymodbus logs the errno, raises without it
-                raise RuntimeError(f"simulator cannot listen on {self._host}:{self._port}") from exc
-            listener = cast(asyncio.Server, server.transport)
-            self._port = int(listener.sockets[0].getsockname()[1])
-            self._server = server
-            self._listening.set()
-        elif not up and self._server is not None:
-            server, self._server = self._server, None
-            self._listening.clear()
-            # closes the listener and every open connection; pymodbus leaves it unannotated
-            await server.shutdown()  # type: ignore[no-untyped-call]
+        if up and not self._net.listening:
+            await self._net.up(self._devices())
+        elif not up:
+            await self._net.down()
 
     async def _publish(self) -> None:
         """Write the current image into the server's memory.
@@ -229,10 +216,11 @@ class IncubatorSimulator:
         No await in here yields to the loop (the action hook returns at once for our own
         writes), so a client never reads half of one publish and half of the next.
         """
-        if self._server is None:
+        server = self._net.server
+        if server is None:
             return
         for spec, regs in self._image().items():
-            await self._server.async_setValues(spec.device_id, spec.function, spec.address, regs)
+            await server.async_setValues(spec.device_id, spec.function, spec.address, regs)
 
     def _image(self) -> dict[RegisterSpec, list[int]]:
         state = self.model.state

@@ -15,10 +15,9 @@ import asyncio
 import logging
 import time
 from types import TracebackType
-from typing import Self, cast, get_args
+from typing import Self, get_args
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
 from drivers import lighthouse as lh
@@ -32,6 +31,7 @@ from simulators.particle_counter import (
     ParticleCounterSimConfig,
     StatusFaultKind,
 )
+from simulators.tcp_endpoint import ModbusTcpEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class ParticleCounterSimulator:
             raise ValueError(f"device {dev.id} has no simulator")
         self._cfg: ParticleCounterSimConfig = dev.simulator
         self._unit = dev.unit_id
-        self._host, self._port = dev.host, dev.port if port is None else port
+        self._net = ModbusTcpEndpoint(dev.host, dev.port if port is None else port)
         clock = self._cfg.clock_start_unix
         self.model = ParticleCounterModel(
             self._cfg, dev.channel_sizes_um, int(time.time()) if clock is None else clock
@@ -61,20 +61,18 @@ class ParticleCounterSimulator:
         self._index = -1
         self._manual: dict[str, int] = {}
         self._scheduled: set[str] = set()
-        self._server: ModbusTcpServer | None = None
         self._wanted = False
-        self._listening = asyncio.Event()
 
     # --- Simulator protocol -------------------------------------------------------------
     @property
     def where(self) -> str:
         """host:port, for logs."""
-        return f"{self._host}:{self._port}"
+        return self._net.where
 
     @property
     def endpoint(self) -> tuple[str, int]:
         """(host, port); the bound port once started with port 0."""
-        return self._host, self._port
+        return self._net.host, self._net.port
 
     @property
     def tick_s(self) -> float:
@@ -97,7 +95,7 @@ class ParticleCounterSimulator:
 
     async def wait_listening(self) -> None:
         """Return once clients can connect."""
-        await self._listening.wait()
+        await self._net.wait_listening()
 
     async def advance(self, elapsed_s: float) -> None:
         """Apply the fault schedule at `elapsed_s` wall seconds, then sample up to it."""
@@ -144,20 +142,10 @@ class ParticleCounterSimulator:
 
     async def _reconcile(self) -> None:
         up = self._wanted and "disconnect" not in self.active_faults
-        if up and self._server is None:
-            server = ModbusTcpServer([self._device()], address=(self._host, self._port))
-            try:
-                await server.serve_forever(background=True)
-            except RuntimeError as exc:
-                raise RuntimeError(f"simulator cannot listen on {self.where}") from exc
-            listener = cast(asyncio.Server, server.transport)
-            self._port = int(listener.sockets[0].getsockname()[1])
-            self._server = server
-            self._listening.set()
-        elif not up and self._server is not None:
-            server, self._server = self._server, None
-            self._listening.clear()
-            await server.shutdown()  # type: ignore[no-untyped-call]
+        if up and not self._net.listening:
+            await self._net.up([self._device()])
+        elif not up:
+            await self._net.down()
 
     # --- register memory ------------------------------------------------------------------
     def _initial_holding(self, dev: ParticleCounterConfig) -> list[int]:
