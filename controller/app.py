@@ -24,6 +24,7 @@ from controller.sinks.mqtt import MqttSink
 from controller.tagstore import TagStore
 from drivers.base import Driver
 from drivers.registry import make_driver
+from drivers.rtubus import RtuBus
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,10 @@ class Daemon:
 
     def __init__(self, cfg: SiteConfig) -> None:
         self.cfg = cfg
-        self.drivers: dict[str, Driver] = {dev.id: make_driver(dev) for dev in cfg.devices}
+        self.buses = {bus.id: RtuBus(bus) for bus in cfg.buses}
+        self.drivers: dict[str, Driver] = {
+            dev.id: make_driver(dev, self.buses) for dev in cfg.devices
+        }
         self.journal = Journal(cfg.journal.max_scans)
         self.store = TagStore((dev_id, drv.tags) for dev_id, drv in self.drivers.items())
         self.hub = Hub(self.store, self.journal)
@@ -65,6 +69,8 @@ class Daemon:
     ) -> None:
         """Poll and forward until `stop`; then drain the sinks and return."""
         async with contextlib.AsyncExitStack() as stack:
+            for bus in self.buses.values():  # entered first, so they outlive their slaves
+                await stack.enter_async_context(bus)
             for driver in self.drivers.values():
                 await stack.enter_async_context(driver)
             async with asyncio.TaskGroup() as tg:

@@ -137,7 +137,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulators.runner import serve_until  # noqa: PLC0415
 
     async def simulate(stop: asyncio.Event) -> None:
-        await serve_until(cfg.devices, stop)
+        await serve_until(cfg.devices, stop, cfg.buses)
 
     return _run_until_signal(simulate)
 

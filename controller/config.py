@@ -12,8 +12,10 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from drivers.modbus_rtu import ModbusRtuConfig
 from drivers.registermap import Frozen
 from drivers.registry import DeviceConfig
+from drivers.rtubus import RtuBusConfig
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -100,6 +102,7 @@ class SiteConfig(Frozen):
     mqtt: MqttSection = MqttSection()
     influx: InfluxSection = InfluxSection()
     journal: JournalSection = JournalSection()
+    buses: tuple[RtuBusConfig, ...] = Field(default=(), description="RS-485 lines")
     devices: tuple[DeviceConfig, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -109,6 +112,25 @@ class SiteConfig(Frozen):
             if dev.id in seen:
                 raise ValueError(f"duplicate device id {dev.id!r}")
             seen.add(dev.id)
+        return self
+
+    @model_validator(mode="after")
+    def _buses_consistent(self) -> SiteConfig:
+        """Every RTU slave names a bus that exists, with a unit id nobody else has there."""
+        bus_ids = [b.id for b in self.buses]
+        if len(set(bus_ids)) != len(bus_ids):
+            raise ValueError(f"duplicate bus id in {bus_ids}")
+        taken: dict[tuple[str, int], str] = {}
+        for dev in self.devices:
+            if not isinstance(dev, ModbusRtuConfig):
+                continue
+            if dev.bus not in bus_ids:
+                raise ValueError(f"device {dev.id!r}: bus {dev.bus!r} is not a [[buses]] id")
+            other = taken.setdefault((dev.bus, dev.unit_id), dev.id)
+            if other != dev.id:
+                raise ValueError(
+                    f"devices {other!r} and {dev.id!r} share unit id {dev.unit_id} on {dev.bus}"
+                )
         return self
 
     @property

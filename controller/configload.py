@@ -18,7 +18,7 @@ from pydantic import SecretStr, ValidationError
 
 from controller.config import SiteConfig
 from drivers.registermap import RegisterMap
-from drivers.registry import DRIVERS
+from drivers.registry import DRIVER_NAMES
 
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CELLFAB_MQTT_URL": ("mqtt", "url"),
@@ -111,7 +111,7 @@ def pydantic_errors(
             continue  # "no items" only because the items themselves are invalid
         loc = _dotted(err["loc"])
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            known = ", ".join(DRIVERS)
+            known = ", ".join(DRIVER_NAMES)
             ctx = err.get("ctx") or {}
             if err["type"] == "union_tag_not_found":
                 out.append((f"{loc}.driver", f"required key is missing (one of: {known})"))
@@ -134,7 +134,7 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     parts = [
         str(part)
         for i, part in enumerate(loc)
-        if not (part in DRIVERS and i > 0 and isinstance(loc[i - 1], int))
+        if not (part in DRIVER_NAMES and i > 0 and isinstance(loc[i - 1], int))
     ]
     return ".".join(parts) or "(top level)"
 

@@ -29,9 +29,12 @@ def demo_config(links: Path) -> SiteConfig:
     for dev in cfg.devices:
         if hasattr(dev, "host"):
             devices.append(dev.model_copy(update={"host": "127.0.0.1", "port": next(ports)}))
-        else:
+        elif hasattr(dev, "port"):  # a serial device of its own
             devices.append(dev.model_copy(update={"port": str(links / dev.id)}))
-    return cfg.model_copy(update={"devices": tuple(devices)})
+        else:  # a slave on a bus: the bus moves
+            devices.append(dev)
+    buses = tuple(bus.model_copy(update={"port": str(links / bus.id)}) for bus in cfg.buses)
+    return cfg.model_copy(update={"devices": tuple(devices), "buses": buses})
 
 
 async def run_demo(stop: asyncio.Event, *, view: bool, duration_s: float | None) -> None:
@@ -40,7 +43,7 @@ async def run_demo(stop: asyncio.Event, *, view: bool, duration_s: float | None)
         asyncio.get_running_loop().call_later(duration_s, stop.set)
     with tempfile.TemporaryDirectory(prefix="cellfab-demo-") as links:
         cfg = demo_config(Path(links))
-        async with serve_devices(cfg.devices):
+        async with serve_devices(cfg.devices, cfg.buses):
             daemon = Daemon(cfg)
 
             async def live(stop: asyncio.Event) -> None:

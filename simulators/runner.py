@@ -12,18 +12,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from drivers.cell_counter import CellCounterConfig
+from drivers.modbus_rtu import ModbusRtuConfig
 from drivers.modbus_tcp import ModbusTcpConfig
 from drivers.particle_counter import ParticleCounterConfig
 from drivers.registry import AnyDeviceConfig
+from drivers.rtubus import RtuBusConfig
 from simulators.base import Simulator
 from simulators.cell_counter import CellCounterSimulator
 from simulators.modbus_server import IncubatorSimulator
 from simulators.particle_server import ParticleCounterSimulator
+from simulators.rtu_server import bus_simulators
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +80,23 @@ SIMULATORS: dict[str, Callable[[AnyDeviceConfig], Simulator]] = {
 
 
 @asynccontextmanager
-async def serve_devices(devices: Iterable[AnyDeviceConfig]) -> AsyncIterator[Simulation]:
-    """Serve every device with a simulator at its host/port until the block exits.
+async def serve_devices(
+    devices: Iterable[AnyDeviceConfig], buses: Sequence[RtuBusConfig] = ()
+) -> AsyncIterator[Simulation]:
+    """Serve every device with a simulator at its endpoint until the block exits.
 
-    On entry all servers listen (readiness is this function returning); on exit the physics
-    task and every server are stopped and awaited. A bug in the physics task is raised on
-    exit and by `Simulation.wait()`.
+    RS-485 slaves are served by one simulator per bus (keyed by the bus id), the others one
+    per device. On entry all servers listen (readiness is this function returning); on exit
+    the physics task and every server are stopped and awaited. A bug in the physics task is
+    raised on exit and by `Simulation.wait()`.
     """
-    sims = {dev.id: make_simulator(dev) for dev in devices if dev.simulator is not None}
+    devices = tuple(devices)
+    sims: dict[str, Simulator] = {
+        dev.id: make_simulator(dev)
+        for dev in devices
+        if dev.simulator is not None and not isinstance(dev, ModbusRtuConfig)
+    }
+    sims.update({sim.bus_id: sim for sim in bus_simulators(buses, devices)})
     async with AsyncExitStack() as stack:
         for sim in sims.values():
             await stack.enter_async_context(sim)
@@ -111,9 +123,11 @@ async def drive(sims: Iterable[Simulator]) -> None:
         await asyncio.sleep(period)  # a period timer, not synchronisation
 
 
-async def serve_until(devices: Iterable[AnyDeviceConfig], stop: asyncio.Event) -> None:
+async def serve_until(
+    devices: Iterable[AnyDeviceConfig], stop: asyncio.Event, buses: Sequence[RtuBusConfig] = ()
+) -> None:
     """Serve every simulated device until `stop` is set (`cellfab simulate`)."""
-    async with serve_devices(devices) as simulation:
+    async with serve_devices(devices, buses) as simulation:
         if not simulation.sims:
             raise ValueError("no device has a [devices.simulator] table")
         for dev_id, sim in simulation.sims.items():

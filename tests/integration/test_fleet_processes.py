@@ -49,6 +49,38 @@ model = "lighthouse_remote"
 grade = "B"
 time_scale = 120.0
 
+[[buses]]
+id = "rs485-1"
+port = "{bus_link}"
+[buses.simulator]
+time_scale = 10.0
+
+[[devices]]
+id = "dp-b"
+device_class = "room_dp"
+area = "suite-grade-b"
+driver = "modbus_rtu"
+bus = "rs485-1"
+unit_id = 41
+profile = "huba-699m"
+max_gap_registers = 3
+poll_period_s = 0.25
+[devices.simulator]
+setpoint_pa = 45.0
+
+[[devices]]
+id = "dp-c"
+device_class = "room_dp"
+area = "suite-grade-c"
+driver = "modbus_rtu"
+bus = "rs485-1"
+unit_id = 42
+profile = "huba-699m"
+max_gap_registers = 3
+poll_period_s = 0.25
+[devices.simulator]
+setpoint_pa = 30.0
+
 [[devices]]
 id = "cc-1"
 device_class = "cell_counter"
@@ -89,6 +121,7 @@ async def test_every_family_runs_as_simulate_plus_run(tmp_path: Path, broker: Mo
             inc_port=free_port(),
             pc_port=free_port(),
             cc_link=tmp_path / "cc-1",
+            bus_link=tmp_path / "rs485-1",
         )
     )
     sim_log, run_log = tmp_path / "simulate.log", tmp_path / "run.log"
@@ -103,7 +136,7 @@ async def test_every_family_runs_as_simulate_plus_run(tmp_path: Path, broker: Mo
                     *cellfab("run", "-c", str(path)), stdout=fh, stderr=fh
                 )
             try:
-                for device in ("inc-1", "pc-1", "cc-1"):
+                for device in ("inc-1", "pc-1", "dp-b", "dp-c", "cc-1"):
                     topic = f"cellfab/{site}/telemetry/{device}"
                     msg = await mqtt.wait_for(
                         lambda m, t=topic: (
@@ -116,4 +149,5 @@ async def test_every_family_runs_as_simulate_plus_run(tmp_path: Path, broker: Mo
                 assert await stop(daemon) == 0, run_log.read_text()
     finally:
         assert await stop(sim) == 0, sim_log.read_text()
-    assert not (tmp_path / "cc-1").exists(), "the simulator removes its pty link on exit"
+    for link in ("cc-1", "rs485-1"):
+        assert not (tmp_path / link).exists(), "the simulator removes its pty links on exit"

@@ -180,3 +180,30 @@ def test_unknown_or_missing_driver_is_named_with_the_known_ones(tmp_path: Path) 
     first, second = exc.value.errors
     assert "devices.0.driver: unknown driver 'modbus_tpc' (known: modbus_tcp," in first
     assert "devices.1.driver: required key is missing (one of: modbus_tcp," in second
+
+
+RTU_DEVICE = """
+[[devices]]
+id = "{id}"
+device_class = "room_dp"
+area = "room-1"
+driver = "modbus_rtu"
+bus = "{bus}"
+unit_id = {unit}
+profile = "huba-699m"
+"""
+
+
+def test_rtu_slaves_need_an_existing_bus_and_a_free_unit_id(tmp_path: Path) -> None:
+    """A slave on an unknown bus, or two slaves on one address, are refused by name."""
+    head = '[site]\nid = "lab"\n[[buses]]\nid = "rs485-1"\nport = "/dev/ttyUSB0"\n'
+    unknown = head + RTU_DEVICE.format(id="a", bus="rs485-9", unit=41)
+    with pytest.raises(ConfigError, match="bus 'rs485-9' is not a \\[\\[buses\\]\\] id"):
+        load_site(write(tmp_path, unknown), {})
+    clash = head + RTU_DEVICE.format(id="a", bus="rs485-1", unit=41)
+    clash += RTU_DEVICE.format(id="b", bus="rs485-1", unit=41)
+    with pytest.raises(ConfigError, match="'a' and 'b' share unit id 41 on rs485-1"):
+        load_site(write(tmp_path, clash, "clash.toml"), {})
+    ok = head + RTU_DEVICE.format(id="a", bus="rs485-1", unit=41)
+    ok += RTU_DEVICE.format(id="b", bus="rs485-1", unit=42)
+    assert len(load_site(write(tmp_path, ok, "ok.toml"), {}).devices) == 2

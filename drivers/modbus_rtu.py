@@ -1,0 +1,119 @@
+"""Modbus RTU devices on a shared RS-485 line: a register map as data, read through the bus.
+
+The device does not own a connection: its `RtuBus` (one per line) does, serialises the
+requests of every slave on it and backs off a silent slave. This driver only plans its
+reads, asks the bus whether its slave may be asked now, and decodes with the same code
+as Modbus TCP (drivers/modbus_reader.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+
+from drivers.base import DeviceBase
+from drivers.codec import plan_reads
+from drivers.modbus_reader import MapLayout, read_plan
+from drivers.registermap import RegisterMap, RegisterSpec
+from drivers.rtubus import RtuBus
+from drivers.sample import Sample, utc_now_ns
+from drivers.transitions import TransitionLog
+from simulators.dp_cascade import DpTransmitterSimConfig
+
+log = logging.getLogger(__name__)
+
+
+class ModbusRtuConfig(DeviceBase):
+    """A slave on an RS-485 line (`bus` names a `[[buses]]` entry), described by a map.
+
+    The map's own `device_id`s are ignored: every register is read from `unit_id`, so one
+    profile serves every transmitter of a family whatever its address.
+    """
+
+    driver: Literal["modbus_rtu"]
+    bus: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="id of a [[buses]] entry")
+    unit_id: int = Field(ge=1, le=247, description="Modbus slave address on the line")
+    profile: str | None = Field(
+        default=None, description="profile name in config/profiles, or a path to a TOML map"
+    )
+    register_map: RegisterMap | None = Field(default=None, description="inline map")
+    max_gap_registers: int = Field(default=0, ge=0, le=124)
+    simulator: DpTransmitterSimConfig | None = Field(
+        default=None, description="served by the simulator of its bus (`cellfab simulate`)"
+    )
+
+    @model_validator(mode="after")
+    def _has_map(self) -> ModbusRtuConfig:
+        if self.profile is None and self.register_map is None:
+            raise ValueError("give either `profile` or an inline `register_map`")
+        if self.register_map is not None:
+            units = {r.device_id for r in self.register_map.registers}
+            if len(units) > 1:
+                raise ValueError(f"an RTU map describes one slave; it names units {sorted(units)}")
+        return self
+
+    @property
+    def registers(self) -> tuple[RegisterSpec, ...]:
+        """The tags of this device, addressed to `unit_id` (profile resolved by the loader)."""
+        if self.register_map is None:
+            raise RuntimeError(f"device {self.id}: profile {self.profile!r} was not resolved")
+        return tuple(
+            r.model_copy(update={"device_id": self.unit_id}) for r in self.register_map.registers
+        )
+
+
+class ModbusRtuDriver:
+    """One slave on a shared bus; `read()` returns one Sample per tag, every time."""
+
+    def __init__(self, cfg: ModbusRtuConfig, bus: RtuBus) -> None:
+        if cfg.bus != bus.cfg.id:
+            raise ValueError(f"device {cfg.id} is on bus {cfg.bus!r}, not {bus.cfg.id!r}")
+        self._cfg = cfg
+        self._bus = bus
+        self._specs = cfg.registers
+        self._plan = plan_reads(self._specs, cfg.max_gap_registers)
+        self._layout = MapLayout(self._specs, [req.specs for req in self._plan])
+        self._view = bus.view(cfg.unit_id)
+        self._tags = TransitionLog(log, f"device {cfg.id} tag")
+
+    @property
+    def tags(self) -> tuple[RegisterSpec, ...]:
+        """Tag name and unit of every value this driver produces."""
+        return self._specs
+
+    @property
+    def request_count(self) -> int:
+        """Modbus requests per scan after coalescing."""
+        return len(self._plan)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Nothing to close: the bus owns the port and outlives its devices."""
+
+    async def read(self) -> list[Sample]:
+        """One scan: every tag of the map, with its quality."""
+        refused = self._bus.unavailable(self._cfg.unit_id)
+        if refused is not None:
+            t_ns = utc_now_ns()
+            return [Sample.bad(s.tag, s.unit, refused, t_ns) for s in self._specs]
+        # A timeout ends the scan (read_plan marks the rest), so a dead slave costs one
+        # timeout per backoff period; the bus logs the slave's and the port's transitions.
+        samples, down = await read_plan(self._view, self._plan, self._bus.cfg.timeout_s)
+        ordered = self._layout.assemble(samples)
+        if down is None and (self._tags.any_failing or any(s.reason for s in ordered)):
+            for sample in ordered:
+                if sample.reason is None:
+                    self._tags.ok(sample.tag)
+                else:
+                    self._tags.fail(sample.tag, sample.reason)
+        return ordered
