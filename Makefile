@@ -8,13 +8,15 @@ BIN := $(VENV)/bin
 # Debian packages the integration tests start as real peers (never mocked).
 SYSTEM_PACKAGES := mosquitto mosquitto-clients victoria-metrics mbpoll
 SYSTEM_BINARIES := mosquitto mosquitto_sub victoria-metrics mbpoll
+# An independent OPC UA server (node-opcua, from the npm registry) for the interop test.
+NODE_PEER := tests/opcua_peer
 
-.PHONY: demo test lint system-deps venv
+.PHONY: demo test lint system-deps node-deps venv
 
 demo: $(BIN)/.installed
 	$(BIN)/cellfab demo
 
-test: system-deps $(BIN)/.installed-test lint
+test: system-deps node-deps $(BIN)/.installed-test lint
 	CI=$${CI:-} $(BIN)/pytest
 
 lint: $(BIN)/.installed-test
@@ -29,6 +31,14 @@ system-deps:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
+
+node-deps: $(NODE_PEER)/node_modules/.installed
+
+$(NODE_PEER)/node_modules/.installed: $(NODE_PEER)/package.json $(NODE_PEER)/package-lock.json
+	@command -v npm >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+	npm ci --prefix $(NODE_PEER) --no-audit --no-fund --loglevel=error
+	touch $@
 
 $(VENV)/bin/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cellfab needs Python >= 3.11"'

@@ -17,8 +17,9 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 
 from controller.config import SiteConfig
+from drivers.opcua_config import OpcUaConfig, with_profile
 from drivers.registermap import RegisterMap
-from drivers.registry import DRIVER_NAMES
+from drivers.registry import DRIVER_NAMES, AnyDeviceConfig
 
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CELLFAB_MQTT_URL": ("mqtt", "url"),
@@ -161,8 +162,14 @@ def _duplicate_ids(raw: dict[str, Any]) -> list[tuple[str, str]]:
 def _resolve(cfg: SiteConfig, path: Path, *, read_secrets: bool) -> SiteConfig:
     """Load device profiles and secret files; errors name the file they are in."""
     errors: list[str] = []
-    devices = []
+    devices: list[AnyDeviceConfig] = []
     for i, dev in enumerate(cfg.devices):
+        if isinstance(dev, OpcUaConfig):  # its profile is a node set, not a register map
+            try:
+                devices.append(with_profile(dev, path.parent))
+            except (OSError, tomllib.TOMLDecodeError, ValidationError) as exc:
+                errors.append(f"{path}: devices.{i}.profile: {_one_line(exc)}")
+            continue
         profile = getattr(dev, "profile", None)  # register-map devices (Modbus TCP / RTU)
         if getattr(dev, "register_map", None) is not None or profile is None:
             devices.append(dev)
@@ -184,6 +191,14 @@ def _resolve(cfg: SiteConfig, path: Path, *, read_secrets: bool) -> SiteConfig:
     if errors:
         raise ConfigError(errors)
     return cfg.model_copy(update={"devices": tuple(devices), "influx": influx, "mqtt": mqtt})
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{loc}: {msg}" for loc, msg in pydantic_errors(exc))
+    if isinstance(exc, OSError):
+        return f"cannot read {exc.filename}: {exc.strerror}"
+    return str(exc)
 
 
 def _read_secret(secret: Path, path: Path, key: str, errors: list[str]) -> SecretStr | None:

@@ -10,11 +10,14 @@ import asyncio
 import tempfile
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from controller.app import Daemon
 from controller.config import SiteConfig
 from controller.configload import load_site_text
 from controller.liveview import run_view
+from drivers.opcua_config import OpcUaConfig
+from drivers.registry import AnyDeviceConfig
 from simulators.modbus_server import free_ports
 from simulators.runner import serve_devices
 
@@ -25,9 +28,12 @@ def demo_config(links: Path) -> SiteConfig:
     text = resources.files("config").joinpath("demo.toml").read_text()
     cfg = load_site_text(text, Path("config/demo.toml"))
     ports = iter(free_ports(len(cfg.devices)))
-    devices = []
+    devices: list[AnyDeviceConfig] = []
     for dev in cfg.devices:
-        if hasattr(dev, "host"):
+        if isinstance(dev, OpcUaConfig):
+            url = urlsplit(dev.url)._replace(netloc=f"127.0.0.1:{next(ports)}").geturl()
+            devices.append(dev.model_copy(update={"url": url}))
+        elif hasattr(dev, "host"):
             devices.append(dev.model_copy(update={"host": "127.0.0.1", "port": next(ports)}))
         elif hasattr(dev, "port"):  # a serial device of its own
             devices.append(dev.model_copy(update={"port": str(links / dev.id)}))

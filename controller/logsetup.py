@@ -24,5 +24,5 @@ def setup_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Drivers log connection transitions themselves; these libraries would log every retry.
-    for noisy in ("pymodbus", "asyncua"):
-        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncua").setLevel(logging.WARNING)  # its INFO is lines per connect

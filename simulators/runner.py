@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from drivers.cell_counter import CellCounterConfig
 from drivers.modbus_rtu import ModbusRtuConfig
 from drivers.modbus_tcp import ModbusTcpConfig
+from drivers.opcua_config import OpcUaConfig
 from drivers.particle_counter import ParticleCounterConfig
 from drivers.registry import AnyDeviceConfig
 from drivers.rtubus import RtuBusConfig
@@ -72,7 +73,16 @@ def _cell_counter(dev: AnyDeviceConfig) -> Simulator:
     return CellCounterSimulator.from_device(dev)
 
 
+def _bioreactor(dev: AnyDeviceConfig) -> Simulator:
+    if not isinstance(dev, OpcUaConfig):
+        raise TypeError(f"device {dev.id}: bioreactor simulates opcua devices only")
+    from simulators.bioreactor_server import BioreactorSimulator  # noqa: PLC0415 - asyncua
+
+    return BioreactorSimulator.from_device(dev)
+
+
 SIMULATORS: dict[str, Callable[[AnyDeviceConfig], Simulator]] = {
+    "bioreactor": _bioreactor,
     "co2_incubator": _incubator,
     "lighthouse_remote": _particle_counter,
     "cell_counter": _cell_counter,

@@ -49,6 +49,20 @@ model = "lighthouse_remote"
 grade = "B"
 time_scale = 120.0
 
+[[devices]]
+id = "br-1"
+device_class = "bioreactor"
+area = "suite-grade-c"
+driver = "opcua"
+url = "opc.tcp://127.0.0.1:{br_port}/cellfab/bioreactor/"
+profile = "xuri-like-bioreactor"
+mode = "subscribe"
+poll_period_s = 0.25
+timeout_s = 2.0
+[devices.simulator]
+model = "bioreactor"
+time_scale = 100.0
+
 [[buses]]
 id = "rs485-1"
 port = "{bus_link}"
@@ -122,6 +136,7 @@ async def test_every_family_runs_as_simulate_plus_run(tmp_path: Path, broker: Mo
             pc_port=free_port(),
             cc_link=tmp_path / "cc-1",
             bus_link=tmp_path / "rs485-1",
+            br_port=free_port(),
         )
     )
     sim_log, run_log = tmp_path / "simulate.log", tmp_path / "run.log"
@@ -136,7 +151,7 @@ async def test_every_family_runs_as_simulate_plus_run(tmp_path: Path, broker: Mo
                     *cellfab("run", "-c", str(path)), stdout=fh, stderr=fh
                 )
             try:
-                for device in ("inc-1", "pc-1", "dp-b", "dp-c", "cc-1"):
+                for device in ("inc-1", "br-1", "pc-1", "dp-b", "dp-c", "cc-1"):
                     topic = f"cellfab/{site}/telemetry/{device}"
                     msg = await mqtt.wait_for(
                         lambda m, t=topic: (
