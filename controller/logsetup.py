@@ -26,3 +26,6 @@ def setup_logging(level: str = "INFO") -> None:
     # Drivers log connection transitions themselves; these libraries would log every retry.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     logging.getLogger("asyncua").setLevel(logging.WARNING)  # its INFO is lines per connect
+    # Only our simulators run an OPC UA server; its warnings about the plain-text endpoint
+    # they deliberately offer are noise in the demo.
+    logging.getLogger("asyncua.server.server").setLevel(logging.ERROR)

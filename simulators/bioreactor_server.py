@@ -234,6 +234,8 @@ class BioreactorSimulator:
         server.set_server_name("cellfab simulated bioreactor")
         if self._security is not None:
             await self._secure(server)
+        else:  # say so, instead of asyncua warning about endpoints it cannot offer
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         idx = await server.register_namespace(NAMESPACE_URI)
         device = await server.nodes.objects.add_object(
             ua.NodeId(ua.String("Bioreactor"), ua.Int16(idx)), f"{idx}:Bioreactor"
