@@ -1,43 +1,52 @@
 """The demo's live terminal view: every tag with value, unit, quality and age, in place.
 
-On a terminal it redraws in place (rich's Live); piped into a file or a test it prints a
-plain snapshot now and then, so the output stays readable there too.
+One small table per device, flowed side by side so a whole suite fits on one screen; a tag
+that is not good shows its reason in place of nothing. On a terminal it redraws in place
+(rich's Live); piped into a file or a test it prints a plain snapshot now and then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 
-from rich.console import Console
+from rich.columns import Columns
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
-from controller.tagstore import TagStore
+from controller.tagstore import TagRow, TagStore
 from drivers.sample import Quality, utc_now_ns
 
 STYLE = {Quality.GOOD: "green", Quality.UNCERTAIN: "yellow", Quality.BAD: "red"}
 
 
-def render(store: TagStore, title: str) -> Table:
-    """A table of every tag's latest state."""
-    table = Table(title=title, expand=False)
-    for col, justify in (
-        ("device", "left"),
-        ("tag", "left"),
-        ("value", "right"),
-        ("unit", "left"),
-        ("quality", "left"),
-        ("age s", "right"),
-        ("reason", "left"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+def render(store: TagStore, title: str) -> RenderableType:
+    """Every tag's latest state, one table per device."""
     now = utc_now_ns()
-    for row in store.rows():
-        value = "—" if row.value is None else f"{row.value:.4g}"
-        age = "—" if row.t_receive_ns == 0 else f"{(now - row.t_receive_ns) / 1e9:.1f}"
-        quality = f"[{STYLE[row.quality]}]{row.quality.name.lower()}[/]"
-        table.add_row(row.device, row.tag, value, row.unit, quality, age, row.reason or "")
+    tables = [
+        _device_table(device, list(rows), now)
+        for device, rows in itertools.groupby(store.rows(), key=lambda r: r.device)
+    ]
+    return Group(Text(title, style="bold"), Columns(tables, padding=(0, 1)))
+
+
+def _device_table(device: str, rows: list[TagRow], now_ns: int) -> Table:
+    table = Table(title=device, title_justify="left", show_edge=False, pad_edge=False)
+    for col, justify in (("tag", "left"), ("value", "right"), ("unit", "left"), ("q", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table.add_column("age s", justify="right")
+    for row in rows:
+        style = STYLE[row.quality]
+        if row.value is not None:
+            value = f"{row.value:.4g}"
+        else:
+            value = f"[{style}]{(row.reason or '—')[:28]}[/]"
+        age = "—" if row.t_receive_ns == 0 else f"{(now_ns - row.t_receive_ns) / 1e9:.1f}"
+        quality = f"[{style}]{row.quality.name[0]}[/]"
+        table.add_row(row.tag, value, row.unit, quality, age)
     return table
 
 
