@@ -8,7 +8,9 @@ from pydantic import Field, field_validator, model_validator
 
 from drivers.registermap import Frozen
 
-FaultKind = Literal["nan", "no_response", "exception", "disconnect"]
+FaultKind = Literal[
+    "nan", "no_response", "exception", "disconnect", "garbage", "short_frame", "slow"
+]
 
 
 class FaultSpec(Frozen):
@@ -17,13 +19,18 @@ class FaultSpec(Frozen):
     nan: the CO2 probe answers NaN (as a Vaisala probe does while not ready);
     no_response: requests are received but never answered (the master times out);
     exception: every request gets Modbus exception `exception_code` (6 = device busy);
-    disconnect: the server closes its listener and connections, then comes back.
+    disconnect: the server closes its listener and connections, then comes back;
+    garbage: every reply is a correctly framed MBAP frame holding random bytes (led by an
+    exception-like function code that is not the request's);
+    short_frame: read replies carry half the registers asked for (byte count to match);
+    slow: every reply leaves `delay_s` late (beyond the master's timeout it is a timeout).
     """
 
     kind: FaultKind
     start_s: float = Field(ge=0.0, description="seconds after the simulator started")
     duration_s: float = Field(gt=0.0)
     exception_code: int = Field(default=6, ge=1, le=11)
+    delay_s: float = Field(default=1.0, gt=0.0, le=60.0, description="slow: reply delay")
 
     @field_validator("exception_code")
     @classmethod
@@ -31,6 +38,12 @@ class FaultSpec(Frozen):
         if code == 9:  # Modbus defines 1-8, 10 and 11 only; pymodbus' ExcCodes has no 9
             raise ValueError("9 is not a Modbus exception code (use 1-8, 10 or 11)")
         return code
+
+    @model_validator(mode="after")
+    def _delay_for_slow(self) -> FaultSpec:
+        if "delay_s" in self.model_fields_set and self.kind != "slow":
+            raise ValueError(f"delay_s applies to kind 'slow' only, not {self.kind!r}")
+        return self
 
 
 class IncubatorSimConfig(Frozen):

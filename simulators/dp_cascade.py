@@ -62,6 +62,8 @@ class DpTransmitterSimConfig(Frozen):
                 raise ValueError("nan does not apply to integer registers: use sensor_faults")
             if fault.kind == "disconnect":
                 raise ValueError("disconnect is a fault of the whole bus: put it on the bus")
+            if fault.kind in ("garbage", "short_frame", "slow"):
+                raise ValueError(f"{fault.kind} is not implemented on the RTU bus simulator")
         return self
 
 

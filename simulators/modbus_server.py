@@ -9,6 +9,8 @@ published with `server.async_setValues`.
 
 A `disconnect` closes the listener and every connection; coming back builds a new server
 on the same port, seeded with the current values, so nothing depends on pymodbus re-listening.
+The wire faults (garbage, short_frame, slow) act on the reply bytes in the shared
+`ModbusTcpEndpoint`, after the action hook has answered as usual.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from simulators.incubator import (
     IncubatorModel,
     check_setpoint,
 )
-from simulators.tcp_endpoint import ModbusTcpEndpoint
+from simulators.tcp_endpoint import ModbusTcpEndpoint, WireFaults
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,15 @@ def scheduled_faults(faults: Iterable[FaultSpec], elapsed_s: float) -> dict[Faul
     return {f.kind: f for f in faults if f.start_s <= elapsed_s < f.start_s + f.duration_s}
 
 
+def manual_fault(kind: FaultKind, exception_code: int = 6, delay_s: float = 1.0) -> FaultSpec:
+    """An injected fault as a spec without an end, so it carries its parameters."""
+    extra = {"delay_s": delay_s} if kind == "slow" else {}
+    return FaultSpec.model_validate(
+        {"kind": kind, "start_s": 0.0, "duration_s": math.inf, "exception_code": exception_code}
+        | extra
+    )
+
+
 def registers_for(spec: RegisterSpec, value: float) -> list[int]:
     """`codec.encode`, except that NaN in an integer register becomes its no-data code."""
     if math.isnan(value) and spec.type != "float32":
@@ -96,7 +107,7 @@ class IncubatorSimulator:
         self.model = IncubatorModel(cfg)
         self._cfg = cfg
         self._specs = tuple(specs)
-        self._net = ModbusTcpEndpoint(host, port)
+        self._net = ModbusTcpEndpoint(host, port, seed=cfg.seed)
         missing = sorted({s.tag for s in self._specs} - set(self.model.state))
         if missing:
             raise ValueError(f"profile tags without a value in the incubator model: {missing}")
@@ -108,7 +119,7 @@ class IncubatorSimulator:
             )
             if spec.writable and spec.tag in SETPOINT_LIMITS:
                 self._writable[spec.device_id].append(spec)
-        self._manual: dict[FaultKind, int] = {}
+        self._manual: dict[FaultKind, FaultSpec] = {}
         self._scheduled: dict[FaultKind, FaultSpec] = {}
         self._wanted = False
         self._lock = asyncio.Lock()
@@ -156,8 +167,13 @@ class IncubatorSimulator:
             self._wanted = False
             await self._reconcile()
 
-    async def inject(self, kind: FaultKind, active: bool, exception_code: int = 6) -> None:
-        """Switch a fault on or off now; it is in force when this returns."""
+    async def inject(
+        self, kind: FaultKind, active: bool, exception_code: int = 6, delay_s: float = 1.0
+    ) -> None:
+        """Switch a fault on or off now; it is in force when this returns.
+
+        `exception_code` is for kind "exception", `delay_s` (reply delay) for kind "slow".
+        """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
         if active and kind == "exception" and exception_code not in EXCEPTION_CODES:
@@ -165,7 +181,7 @@ class IncubatorSimulator:
         async with self._lock:
             before = self.active_faults
             if active:
-                self._manual[kind] = exception_code
+                self._manual[kind] = manual_fault(kind, exception_code, delay_s)
             else:
                 self._manual.pop(kind, None)
             await self._apply(before)
@@ -199,6 +215,8 @@ class IncubatorSimulator:
             log.info("simulator %s: fault %s on", self.where, kind)
         for kind in sorted(before - after):
             log.info("simulator %s: fault %s off", self.where, kind)
+        delay_s = self._fault("slow").delay_s if "slow" in after else 0.0
+        self._net.wire = WireFaults.of(after, delay_s)  # garbage, short_frame, slow
         await self._reconcile()
         await self._publish()
 
@@ -283,9 +301,11 @@ class IncubatorSimulator:
         return None  # the read-back half of FC 6/16/22/23, already checked as a write
 
     def _exception_code(self) -> int:
-        if "exception" in self._manual:
-            return self._manual["exception"]
-        return self._scheduled["exception"].exception_code
+        return self._fault("exception").exception_code
+
+    def _fault(self, kind: FaultKind) -> FaultSpec:
+        """The parameters of an active fault: injected ones win over scheduled ones."""
+        return self._manual.get(kind) or self._scheduled[kind]
 
     def _check_read(self, unit: int, fc: int, addr: int, count: int) -> ExcCodes | None:
         readable = self._readable.get((unit, fc))

@@ -23,19 +23,26 @@ from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 from drivers import lighthouse as lh
 from drivers.particle_counter import ParticleCounterConfig
 from simulators.base import Simulator
-from simulators.config import FaultKind
-from simulators.modbus_server import EXCEPTION_CODES, scheduled_faults
+from simulators.config import FaultKind, FaultSpec
+from simulators.modbus_server import EXCEPTION_CODES, manual_fault, scheduled_faults
 from simulators.particle_counter import (
     STATUS_BITS,
     ParticleCounterModel,
     ParticleCounterSimConfig,
     StatusFaultKind,
 )
-from simulators.tcp_endpoint import ModbusTcpEndpoint
+from simulators.tcp_endpoint import ModbusTcpEndpoint, WireFaults
 
 log = logging.getLogger(__name__)
 
-COMM_FAULTS: tuple[FaultKind, ...] = ("no_response", "exception", "disconnect")
+COMM_FAULTS: tuple[FaultKind, ...] = (
+    "no_response",
+    "exception",
+    "disconnect",
+    "garbage",
+    "short_frame",
+    "slow",
+)
 STATUS_FAULTS: tuple[StatusFaultKind, ...] = get_args(StatusFaultKind)
 WRITABLE = frozenset(
     {lh.HR_COMMAND, lh.HR_RECORD_INDEX, lh.HR_LOCATION, *range(lh.HR_CLOCK, lh.HR_SAMPLE_TIME + 2)}
@@ -52,7 +59,9 @@ class ParticleCounterSimulator:
             raise ValueError(f"device {dev.id} has no simulator")
         self._cfg: ParticleCounterSimConfig = dev.simulator
         self._unit = dev.unit_id
-        self._net = ModbusTcpEndpoint(dev.host, dev.port if port is None else port)
+        self._net = ModbusTcpEndpoint(
+            dev.host, dev.port if port is None else port, seed=self._cfg.seed
+        )
         clock = self._cfg.clock_start_unix
         self.model = ParticleCounterModel(
             self._cfg, dev.channel_sizes_um, int(time.time()) if clock is None else clock
@@ -60,7 +69,9 @@ class ParticleCounterSimulator:
         self._holding = self._initial_holding(dev)
         self._index = -1
         self._manual: dict[str, int] = {}
+        self._manual_slow = manual_fault("slow")
         self._scheduled: set[str] = set()
+        self._scheduled_comm: dict[FaultKind, FaultSpec] = {}
         self._wanted = False
 
     # --- Simulator protocol -------------------------------------------------------------
@@ -100,7 +111,8 @@ class ParticleCounterSimulator:
     async def advance(self, elapsed_s: float) -> None:
         """Apply the fault schedule at `elapsed_s` wall seconds, then sample up to it."""
         before = self.active_faults
-        self._scheduled = {f.kind for f in scheduled_faults(self._cfg.faults, elapsed_s).values()}
+        self._scheduled_comm = scheduled_faults(self._cfg.faults, elapsed_s)
+        self._scheduled = set(self._scheduled_comm)
         self._scheduled |= {
             f.kind
             for f in self._cfg.status_faults
@@ -115,13 +127,20 @@ class ParticleCounterSimulator:
         """Fault kinds in force now, injected or scheduled."""
         return frozenset(self._manual) | frozenset(self._scheduled)
 
-    async def inject(self, kind: str, active: bool, exception_code: int = 6) -> None:
-        """Switch a communication or status fault on or off; in force when this returns."""
+    async def inject(
+        self, kind: str, active: bool, exception_code: int = 6, delay_s: float = 1.0
+    ) -> None:
+        """Switch a communication or status fault on or off; in force when this returns.
+
+        `exception_code` is for kind "exception", `delay_s` (reply delay) for kind "slow".
+        """
         if kind not in COMM_FAULTS and kind not in STATUS_FAULTS:
             raise ValueError(f"unknown fault kind {kind!r}")
         if active and kind == "exception" and exception_code not in EXCEPTION_CODES:
             raise ValueError(f"{exception_code} is not a Modbus exception code")
         before = self.active_faults
+        if active and kind == "slow":
+            self._manual_slow = manual_fault("slow", delay_s=delay_s)
         if active:
             self._manual[kind] = exception_code
         else:
@@ -138,6 +157,8 @@ class ParticleCounterSimulator:
         for kind in after & set(STATUS_FAULTS):
             bits |= STATUS_BITS[kind]
         self.model.status_bits = bits
+        slow = self._manual_slow if "slow" in self._manual else self._scheduled_comm.get("slow")
+        self._net.wire = WireFaults.of(after, slow.delay_s if slow else 0.0)
         await self._reconcile()
 
     async def _reconcile(self) -> None:
@@ -208,7 +229,9 @@ class ParticleCounterSimulator:
         if "no_response" in active:
             raise asyncio.CancelledError  # pymodbus' request task dies; nothing is sent
         if "exception" in active:
-            return ExcCodes(self._manual.get("exception", 6))
+            if "exception" in self._manual:
+                return ExcCodes(self._manual["exception"])
+            return ExcCodes(self._scheduled_comm["exception"].exception_code)
         if fc in {1, 2, 5, 15}:
             return ExcCodes.ILLEGAL_FUNCTION
         if fc == 4:
