@@ -5,7 +5,6 @@ Real sockets: the pymodbus simulator server and our Modbus TCP driver, in one ev
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from drivers.modbus_tcp import ModbusTcpConfig, ModbusTcpDriver
 from drivers.sample import Quality, Sample
 from simulators.config import IncubatorSimConfig
 from simulators.modbus_server import IncubatorSimulator
+from tests.scanning import read_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,18 +41,6 @@ async def incubator() -> AsyncIterator[tuple[IncubatorSimulator, ModbusTcpConfig
             reconnect_max_s=0.2,
         )
         yield sim, cfg
-
-
-async def read_until(
-    driver: ModbusTcpDriver, ok: object, timeout_s: float = 10.0
-) -> dict[str, Sample]:
-    """Scan until `ok(samples_by_tag)` holds; reconnects need a few scans."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            samples = {s.tag: s for s in await driver.read()}
-            if ok(samples):  # type: ignore[operator]
-                return samples
-            await asyncio.sleep(0.02)  # scan cadence of the loop under test
 
 
 def all_good(samples: dict[str, Sample]) -> bool:

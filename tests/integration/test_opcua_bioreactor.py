@@ -20,14 +20,14 @@ import pytest_asyncio
 
 from drivers.opcua import OpcUaDriver
 from drivers.opcua_config import OpcUaConfig, with_profile
-from drivers.sample import Quality, Sample, utc_now_ns
+from drivers.sample import Quality, utc_now_ns
 from simulators.bioreactor import BioreactorSimConfig
 from simulators.bioreactor_server import BioreactorSimulator, ServerSecurity
+from tests.scanning import Samples
+from tests.scanning import read_until as _read_until
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
-
-Samples = dict[str, Sample]
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
@@ -69,18 +69,6 @@ def config(sim: BioreactorSimulator, **kw: Any) -> OpcUaConfig:
         **kw,
     }
     return with_profile(OpcUaConfig.model_validate(raw), Path())
-
-
-async def read_until(
-    driver: OpcUaDriver, ok: Callable[[Samples], bool], timeout_s: float = 20.0
-) -> Samples:
-    """Scan until `ok(samples_by_tag)` holds."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            samples = {s.tag: s for s in await driver.read()}
-            if ok(samples):
-                return samples
-            await asyncio.sleep(0.02)  # scan cadence of the loop under test
 
 
 def all_good(samples: Samples) -> bool:
@@ -272,3 +260,8 @@ async def test_basic256sha256_sign_and_encrypt(tmp_path: Path) -> None:
             denied = {x.tag: x for x in await untrusted.read()}
         assert denied["temperature"].quality is Quality.BAD
         assert "BadCertificateUntrusted" in (denied["temperature"].reason or "")
+
+
+async def read_until(driver: OpcUaDriver, ok: Callable[[Samples], bool]) -> Samples:
+    """OPC UA reconnects take longer: a 20.0 s deadline."""
+    return await _read_until(driver, ok, timeout_s=20.0)

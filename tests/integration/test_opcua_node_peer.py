@@ -16,14 +16,15 @@ import pytest_asyncio
 
 from drivers.opcua import OpcUaDriver
 from drivers.opcua_config import OpcUaConfig
-from drivers.sample import Quality, Sample
+from drivers.sample import Quality
+from tests.scanning import Samples
+from tests.scanning import read_until as _read_until
 from tests.servers import free_port, require_binary
 
 pytestmark = pytest.mark.integration
 
 PEER_DIR = Path(__file__).resolve().parent.parent / "opcua_peer"
 NAMESPACE = "urn:cellfab:test:node-peer"
-Samples = dict[str, Sample]
 
 
 def require_peer() -> str:
@@ -101,17 +102,6 @@ def config(url: str, mode: str) -> OpcUaConfig:
     )
 
 
-async def read_until(
-    driver: OpcUaDriver, ok: Callable[[Samples], bool], timeout_s: float = 20.0
-) -> Samples:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            samples = {s.tag: s for s in await driver.read()}
-            if ok(samples):
-                return samples
-            await asyncio.sleep(0.02)  # scan cadence of the loop under test
-
-
 def ramp_good(s: Samples) -> bool:
     return s["ramp"].quality is Quality.GOOD and s["running"].quality is Quality.GOOD
 
@@ -145,3 +135,8 @@ async def test_write_to_node_peer(peer_url: str) -> None:
         await driver.write("setpoint", 23.5)
         s = await read_until(driver, lambda s: s["setpoint"].value == 23.5)
     assert s["setpoint"].quality is Quality.GOOD
+
+
+async def read_until(driver: OpcUaDriver, ok: Callable[[Samples], bool]) -> Samples:
+    """OPC UA reconnects take longer: a 20.0 s deadline."""
+    return await _read_until(driver, ok, timeout_s=20.0)

@@ -12,7 +12,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ from drivers.modbus_rtu import ModbusRtuConfig, ModbusRtuDriver
 from drivers.rtubus import RtuBus, RtuBusConfig
 from drivers.sample import Quality, Sample
 from simulators.rtu_server import RtuBusSimulator
+from tests.scanning import read_until
 from tests.servers import require_binary
 
 pytestmark = pytest.mark.integration
@@ -78,18 +79,6 @@ async def line() -> AsyncIterator[Line]:
             await sim.advance(0.0)
             drivers = {d.unit_id: ModbusRtuDriver(d, bus) for d in devices}
             yield sim, bus, drivers
-
-
-async def read_until(
-    driver: ModbusRtuDriver, ok: Callable[[dict[str, Sample]], bool], timeout_s: float = 10.0
-) -> dict[str, Sample]:
-    """Scan until `ok(samples_by_tag)` holds."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            samples = {s.tag: s for s in await driver.read()}
-            if ok(samples):
-                return samples
-            await asyncio.sleep(0.02)  # scan cadence of the loop under test
 
 
 def linked(path: str) -> bool:

@@ -27,6 +27,7 @@ from drivers.sample import Quality, Sample
 from simulators.config import FaultSpec, IncubatorSimConfig
 from simulators.modbus_server import IncubatorSimulator
 from simulators.particle_server import ParticleCounterSimulator
+from tests.scanning import read_until
 
 pytestmark = pytest.mark.integration
 
@@ -65,16 +66,6 @@ async def incubator_at(
                 reconnect_max_s=0.2,
             ),
         )
-
-
-async def read_until(driver: Any, ok: Check, timeout_s: float = 10.0) -> dict[str, Sample]:
-    """Scan until `ok(samples_by_tag)` holds; reconnects need a few scans."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            samples = {s.tag: s for s in await driver.read()}
-            if ok(samples):
-                return samples
-            await asyncio.sleep(0.02)  # scan cadence of the loop under test
 
 
 def all_good(samples: dict[str, Sample]) -> bool:
