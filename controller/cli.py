@@ -1,4 +1,4 @@
-"""`cellfab` command line: run, check, simulate, demo.
+"""`cellfab` command line: run, check, simulate, demo, audit.
 
 Exit codes: 0 ok, 2 invalid configuration (every error listed as `FILE: path.to.key: msg`),
 1 anything else.
@@ -11,6 +11,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,36 @@ def _parser() -> argparse.ArgumentParser:
     _log_arg(simulate)
     simulate.set_defaults(handler=_cmd_simulate)
 
+    audit = sub.add_parser(
+        "audit",
+        help="show or verify the audit trail",
+        description="The hash-chained audit trail in the site's state dir (docs/audit.md).",
+    )
+    audit_sub = audit.add_subparsers(required=True, metavar="ACTION")
+    show = audit_sub.add_parser(
+        "show",
+        help="print the records",
+        description="Print the audit records (newest last); does not verify the chain.",
+    )
+    _config_arg(show)
+    show.add_argument(
+        "--since",
+        type=_aware_time,
+        default=None,
+        metavar="ISO",
+        help="only records at or after this UTC time (ISO 8601 with offset)",
+    )
+    show.add_argument("--limit", type=int, default=None, metavar="N", help="only the last N")
+    show.set_defaults(handler=_cmd_audit_show)
+    verify = audit_sub.add_parser(
+        "verify",
+        help="check the hash chain",
+        description="Verify the hash chain: exit 0 intact, 3 tampered (which record, how), "
+        "4 only a torn last line from a crash, 1 unreadable.",
+    )
+    _config_arg(verify)
+    verify.set_defaults(handler=_cmd_audit_verify)
+
     demo = sub.add_parser(
         "demo",
         help="simulated floor + daemon with a live view",
@@ -114,6 +145,31 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     print(f"{args.config}: ok ({len(cfg.devices)} devices)")
     return 0
+
+
+def _aware_time(text: str) -> datetime:
+    stamp = datetime.fromisoformat(text)
+    if stamp.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset (e.g. +00:00 or Z)")
+    return stamp
+
+
+def _cmd_audit_show(args: argparse.Namespace) -> int:
+    from controller import audit, audit_cli  # noqa: PLC0415
+
+    cfg = _load_or_report(args.config, read_secrets=False)
+    if cfg is None:
+        return EXIT_INVALID
+    return audit_cli.show(audit.trail_path(cfg.state.dir), sys.stdout, args.since, args.limit)
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    from controller import audit, audit_cli  # noqa: PLC0415
+
+    cfg = _load_or_report(args.config, read_secrets=False)
+    if cfg is None:
+        return EXIT_INVALID
+    return audit_cli.verify(audit.trail_path(cfg.state.dir), sys.stdout)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
