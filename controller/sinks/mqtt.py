@@ -227,7 +227,7 @@ class MqttSink:
                     inbound.cancel()
             except asyncio.CancelledError:
                 with contextlib.suppress(aiomqtt.MqttError):
-                    await self._publish_status(client, "lost", timeout_s=1.0)
+                    await self._publish_status(client, "lost")
                 raise
 
     async def _inbound(self, client: aiomqtt.Client) -> None:
