@@ -193,16 +193,20 @@ class BioreactorSimulator:
     async def advance(self, elapsed_s: float) -> None:
         """Step the model to `elapsed_s` wall seconds (scaled), apply faults, publish."""
         due = steps_due(elapsed_s, self._cfg.time_scale, self._cfg.step_s)
+        stepped = due > self.model.steps
         self.model.run(due - self.model.steps)
         async with self._lock:
-            before = self.active_faults
+            before = (self.active_faults, dict(self._scheduled_bad))
             self._scheduled = {f.kind for f in active_windows(self._cfg.faults, elapsed_s)}
             bad = active_windows(self._cfg.bad_status, elapsed_s)
             self._scheduled_bad = {b.tag: b.status for b in bad}
-            for kind in sorted(self.active_faults ^ before):
+            for kind in sorted(self.active_faults ^ before[0]):
                 log.info("simulator %s: fault %s %s", self.url, kind, self._onoff(kind))
             await self._reconcile()
-            await self._publish()
+            # Publish only what changed: a new SourceTimestamp on every node at every runner
+            # tick would be a notification storm no real device sends.
+            if stepped or (self.active_faults, self._scheduled_bad) != before:
+                await self._publish()
 
     def _onoff(self, kind: str) -> str:
         return "on" if kind in self.active_faults else "off"
