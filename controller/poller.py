@@ -9,7 +9,6 @@ scan in progress completes, so no half scan is lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections import deque
@@ -55,10 +54,14 @@ class Poller:
         self._clock = clock
         self.stats = ScheduleStats()
         self.scanned = asyncio.Event()  # set after the first scan (or when the loop ends)
+        self._wake: asyncio.Future[None] | None = None
+        # Decided once: a runtime Protocol check costs microseconds on every scan.
+        self._records = driver if isinstance(driver, RecordDriver) else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Scan until `stop` is set; the first scan is immediate."""
         due = self._clock()
+        watcher = asyncio.create_task(self._wake_on(stop), name=f"stop-watch:{self.device}")
         try:
             while not stop.is_set():
                 self.stats.lateness_s.append(max(0.0, self._clock() - due))
@@ -68,22 +71,40 @@ class Poller:
                 await self._wait_until(due, stop)
         finally:
             self.scanned.set()
+            watcher.cancel()
+            await asyncio.wait([watcher])
 
     async def _wait_until(self, due: float, stop: asyncio.Event) -> None:
+        """Sleep until `due`, or until `stop` wakes us.
+
+        One future and one timer per scan: `asyncio.timeout` around `stop.wait()` cost
+        ~50 µs of CPU more per scan (a cancellation and an exception every time).
+        """
         delay = due - self._clock()
-        if delay > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await stop.wait()
+        if delay <= 0 or stop.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        self._wake = wake = loop.create_future()
+        timer = loop.call_later(delay, _resolve, wake)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            self._wake = None
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        if self._wake is not None:
+            _resolve(self._wake)
 
     async def scan_once(self) -> Scan:
         """Read the device once and hand the scan (or the device's records) to the hub."""
         t_scan = utc_now_ns()
         samples = await self._driver.read()
         scan = Scan(self.device, t_scan, tuple(samples))
-        if isinstance(self._driver, RecordDriver):
+        if self._records is not None:
             self._hub.latest(scan)  # latest state only: the device's records are the record
-            for rec in self._driver.drain_records():
+            for rec in self._records.drain_records():
                 self._hub.record(Scan(self.device, rec.t_ns, tuple(rec.samples), rec.backfill))
         else:
             self._hub.publish(scan)
@@ -99,3 +120,8 @@ class Poller:
             self.stats.skipped += missed
             due += missed * self._period
         return due
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -99,3 +99,16 @@ async def test_run_stops_after_the_current_scan() -> None:
     poller = Poller("dev", fast, 0.001, hub, clock)
     await asyncio.wait_for(poller.run(stop), timeout=10)
     assert fast.reads == 3 and hub.journal.last_seq == 3
+
+
+async def test_stop_cuts_a_long_wait_short() -> None:
+    """A poller sleeping towards a slot an hour away returns as soon as stop is set."""
+    driver = FakeDriver(FakeClock(), 0.0)
+    hub = Hub(TagStore([("dev", driver.tags)]), Journal(100))
+    poller = Poller("dev", driver, 3600.0, hub)
+    stop = asyncio.Event()
+    task = asyncio.create_task(poller.run(stop))
+    await poller.scanned.wait()
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
+    assert driver.reads == 1
