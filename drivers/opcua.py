@@ -68,19 +68,24 @@ def sample_of(spec: NodeSpec, dv: ua.DataValue, t_receive_ns: int) -> Sample:
     """
     code = dv.StatusCode.value if dv.StatusCode is not None else 0
     quality, reason = quality_of(code)
-    t_dev = datetime_ns(dv.SourceTimestamp) or datetime_ns(dv.ServerTimestamp)
+    t_srv = datetime_ns(dv.ServerTimestamp)
+    t_dev = datetime_ns(dv.SourceTimestamp) or t_srv
     raw = dv.Value.Value if dv.Value is not None else None
     if quality is Quality.BAD:
-        return Sample(spec.tag, None, spec.unit, quality, t_receive_ns, reason, t_dev)
+        return Sample(spec.tag, None, spec.unit, quality, t_receive_ns, reason, t_dev, t_srv)
     if isinstance(raw, bool | int | float):
         value = float(raw)
         if math.isnan(value):
-            return Sample(spec.tag, None, spec.unit, Quality.BAD, t_receive_ns, NAN_REASON, t_dev)
+            return Sample(
+                spec.tag, None, spec.unit, Quality.BAD, t_receive_ns, NAN_REASON, t_dev, t_srv
+            )
         if math.isinf(value):
-            return Sample(spec.tag, None, spec.unit, Quality.BAD, t_receive_ns, "not finite", t_dev)
-        return Sample(spec.tag, value, spec.unit, quality, t_receive_ns, reason, t_dev)
+            return Sample(
+                spec.tag, None, spec.unit, Quality.BAD, t_receive_ns, "not finite", t_dev, t_srv
+            )
+        return Sample(spec.tag, value, spec.unit, quality, t_receive_ns, reason, t_dev, t_srv)
     reason = f"not a number: {type(raw).__name__}"
-    return Sample(spec.tag, None, spec.unit, Quality.BAD, t_receive_ns, reason, t_dev)
+    return Sample(spec.tag, None, spec.unit, Quality.BAD, t_receive_ns, reason, t_dev, t_srv)
 
 
 class _RateLimit(logging.Filter):

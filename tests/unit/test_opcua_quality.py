@@ -61,6 +61,7 @@ def test_good_value_keeps_source_timestamp() -> None:
     s = sample_of(SPEC, dv(37.1, SourceTimestamp=T0, ServerTimestamp=later), 99)
     assert (s.value, s.quality, s.reason, s.unit) == (37.1, Quality.GOOD, None, "degC")
     assert s.t_device_ns == T0_NS
+    assert s.t_server_ns == T0_NS + 1_000_000_000
     assert s.t_receive_ns == 99
 
 
