@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hmac
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -103,12 +104,15 @@ class BioreactorSimulator:
         port: int = 4840,
         security: ServerSecurity | None = None,
         path: str = "/cellfab/bioreactor/",
+        *,
+        users: Mapping[str, str] | None = None,
     ) -> None:
         self.model = BioreactorModel(cfg)
         unknown = sorted({b.tag for b in cfg.bad_status} - set(self.model.state))
         if unknown:
             raise ValueError(f"bad_status names no node of the bioreactor: {unknown}")
         self._security = security
+        self._users = dict(users) if users else None  # name -> password; None: anonymous
         self._path = path
         self._cfg = cfg
         self._host, self._port = host, port
@@ -232,8 +236,10 @@ class BioreactorSimulator:
         from asyncua import ua  # noqa: PLC0415 - heavy import, only for OPC UA sites
         from asyncua.server.server import Server  # noqa: PLC0415 - heavy import
 
-        server = Server()
+        server = Server(user_manager=_passwords(self._users) if self._users else None)
         await server.init()
+        if self._users:  # user name and password only: no anonymous access
+            server.set_identity_tokens([ua.UserNameIdentityToken])
         server.set_endpoint(self.url)
         server.set_server_name("cellfab simulated bioreactor")
         if self._security is not None:
@@ -331,3 +337,25 @@ class BioreactorSimulator:
                 await self._server.write_attribute_value(nid, dv)
         finally:
             self._publishing = False
+
+
+def _passwords(users: Mapping[str, str]) -> Any:
+    """An asyncua user manager accepting exactly `users` (name -> password)."""
+    from asyncua.crypto.permission_rules import User, UserRole  # noqa: PLC0415 - heavy import
+
+    class Passwords:
+        def get_user(
+            self,
+            iserver: Any,
+            username: str | None = None,
+            password: str | None = None,
+            certificate: Any = None,
+        ) -> Any:
+            expected = users.get(username or "")
+            if expected is None or password is None:
+                return None
+            if not hmac.compare_digest(expected.encode(), password.encode()):
+                return None
+            return User(role=UserRole.User)
+
+    return Passwords()

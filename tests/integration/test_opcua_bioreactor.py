@@ -265,3 +265,23 @@ async def test_basic256sha256_sign_and_encrypt(tmp_path: Path) -> None:
 async def read_until(driver: OpcUaDriver, ok: Callable[[Samples], bool]) -> Samples:
     """OPC UA reconnects take longer: a 20.0 s deadline."""
     return await _read_until(driver, ok, timeout_s=20.0)
+
+
+async def test_user_name_and_password(tmp_path: Path) -> None:
+    """A server that wants a user name: the right password reads values, a wrong one and no
+    credentials at all read BAD, never a value."""
+    users = {"operator": "s3cret-floor"}
+    async with BioreactorSimulator(BioreactorSimConfig(), port=free_port(), users=users) as s:
+        await s.advance(0.0)
+        right, wrong = tmp_path / "right", tmp_path / "wrong"
+        right.write_text("s3cret-floor\n")
+        wrong.write_text("guess\n")
+        good = config(s, username="operator", password_file=str(right))
+        async with OpcUaDriver(good) as driver:
+            samples = await read_until(driver, all_good)
+        assert 36.0 < (samples["temperature"].value or 0.0) < 38.0
+        for cfg in (config(s, username="operator", password_file=str(wrong)), config(s)):
+            async with OpcUaDriver(cfg) as refused:
+                sample = {x.tag: x for x in await refused.read()}["temperature"]
+            assert (sample.quality, sample.value) == (Quality.BAD, None)
+            assert sample.reason
