@@ -8,15 +8,17 @@ sample with the reason — a Modbus exception, a timeout, a short reply, NaN —
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pymodbus import ModbusException
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
-from drivers.codec import ReadRequest
+from drivers.codec import ReadRequest, plan_reads
 from drivers.registermap import RegisterSpec, Validity
 from drivers.sample import Quality, Sample, utc_now_ns
+from drivers.transitions import TransitionLog
 
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -171,3 +173,42 @@ def _judge(sample: Sample, status: Sample, rule: Validity) -> Sample:
 
 def _downgrade(sample: Sample, quality: Quality, reason: str) -> Sample:
     return Sample(sample.tag, sample.value, sample.unit, quality, sample.t_receive_ns, reason)
+
+
+class MapScanner:
+    """One register map's scan over any connected client, whatever the transport.
+
+    Coalesced reads, samples back in map order with validity applied, and per-tag
+    transitions logged; the TCP and RTU drivers differ only in how they get a client.
+    """
+
+    def __init__(
+        self,
+        specs: tuple[RegisterSpec, ...],
+        max_gap: int,
+        logger: logging.Logger,
+        subject: str,
+    ) -> None:
+        self.specs = specs
+        self.plan = plan_reads(specs, max_gap)
+        self._layout = MapLayout(specs, [req.specs for req in self.plan])
+        self._tags = TransitionLog(logger, f"{subject} tag")
+
+    def all_bad(self, reason: str) -> list[Sample]:
+        """Every tag BAD with one reason (no client to read through)."""
+        t_ns = utc_now_ns()
+        return [Sample.bad(s.tag, s.unit, reason, t_ns) for s in self.specs]
+
+    async def scan(
+        self, client: object, timeout_s: float
+    ) -> tuple[list[Sample], RequestFailure | None]:
+        """Every tag, in map order; the link failure that ended the scan early, if any."""
+        samples, down = await read_plan(client, self.plan, timeout_s)
+        ordered = self._layout.assemble(samples)
+        if down is None and (self._tags.any_failing or any(s.reason for s in ordered)):
+            for sample in ordered:
+                if sample.reason is None:
+                    self._tags.ok(sample.tag)
+                else:
+                    self._tags.fail(sample.tag, sample.reason)
+        return ordered, down

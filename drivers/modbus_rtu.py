@@ -15,12 +15,10 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 
 from drivers.base import DeviceBase
-from drivers.codec import plan_reads
-from drivers.modbus_reader import MapLayout, read_plan
+from drivers.modbus_reader import MapScanner
 from drivers.registermap import RegisterMap, RegisterSpec
 from drivers.rtubus import RtuBus
-from drivers.sample import Sample, utc_now_ns
-from drivers.transitions import TransitionLog
+from drivers.sample import Sample
 from simulators.dp_cascade import DpTransmitterSimConfig
 
 log = logging.getLogger(__name__)
@@ -73,21 +71,18 @@ class ModbusRtuDriver:
             raise ValueError(f"device {cfg.id} is on bus {cfg.bus!r}, not {bus.cfg.id!r}")
         self._cfg = cfg
         self._bus = bus
-        self._specs = cfg.registers
-        self._plan = plan_reads(self._specs, cfg.max_gap_registers)
-        self._layout = MapLayout(self._specs, [req.specs for req in self._plan])
+        self._map = MapScanner(cfg.registers, cfg.max_gap_registers, log, f"device {cfg.id}")
         self._view = bus.view(cfg.unit_id)
-        self._tags = TransitionLog(log, f"device {cfg.id} tag")
 
     @property
     def tags(self) -> tuple[RegisterSpec, ...]:
         """Tag name and unit of every value this driver produces."""
-        return self._specs
+        return self._map.specs
 
     @property
     def request_count(self) -> int:
         """Modbus requests per scan after coalescing."""
-        return len(self._plan)
+        return len(self._map.plan)
 
     async def __aenter__(self) -> Self:
         return self
@@ -104,16 +99,8 @@ class ModbusRtuDriver:
         """One scan: every tag of the map, with its quality."""
         refused = self._bus.unavailable(self._cfg.unit_id)
         if refused is not None:
-            t_ns = utc_now_ns()
-            return [Sample.bad(s.tag, s.unit, refused, t_ns) for s in self._specs]
+            return self._map.all_bad(refused)
         # A timeout ends the scan (read_plan marks the rest), so a dead slave costs one
         # timeout per backoff period; the bus logs the slave's and the port's transitions.
-        samples, down = await read_plan(self._view, self._plan, self._bus.cfg.timeout_s)
-        ordered = self._layout.assemble(samples)
-        if down is None and (self._tags.any_failing or any(s.reason for s in ordered)):
-            for sample in ordered:
-                if sample.reason is None:
-                    self._tags.ok(sample.tag)
-                else:
-                    self._tags.fail(sample.tag, sample.reason)
-        return ordered
+        samples, _ = await self._map.scan(self._view, self._bus.cfg.timeout_s)
+        return samples

@@ -18,10 +18,9 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from drivers.backoff import Backoff
 from drivers.base import DeviceBase
-from drivers.codec import plan_reads
-from drivers.modbus_reader import MapLayout, read_plan
+from drivers.modbus_reader import MapScanner
 from drivers.registermap import RegisterMap, RegisterSpec
-from drivers.sample import Sample, utc_now_ns
+from drivers.sample import Sample
 from drivers.transitions import TransitionLog
 from simulators.config import IncubatorSimConfig
 
@@ -60,23 +59,20 @@ class ModbusTcpDriver:
 
     def __init__(self, cfg: ModbusTcpConfig, rng: random.Random | None = None) -> None:
         self._cfg = cfg
-        self._specs = cfg.registers
-        self._plan = plan_reads(self._specs, cfg.max_gap_registers)
-        self._layout = MapLayout(self._specs, [req.specs for req in self._plan])
+        self._map = MapScanner(cfg.registers, cfg.max_gap_registers, log, f"device {cfg.id}")
         self._client: AsyncModbusTcpClient | None = None
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng)
         self._link = TransitionLog(log, f"device {cfg.id}")
-        self._tags = TransitionLog(log, f"device {cfg.id} tag")
 
     @property
     def tags(self) -> tuple[RegisterSpec, ...]:
         """Tag name and unit of every value this driver produces."""
-        return self._specs
+        return self._map.specs
 
     @property
     def request_count(self) -> int:
         """Modbus requests per scan after coalescing."""
-        return len(self._plan)
+        return len(self._map.plan)
 
     async def __aenter__(self) -> Self:
         return self
@@ -93,19 +89,15 @@ class ModbusTcpDriver:
         """One scan: every tag of the map, with its quality."""
         client = await self._connected_client()
         if isinstance(client, str):
-            t_ns = utc_now_ns()
-            return [Sample.bad(s.tag, s.unit, client, t_ns) for s in self._specs]
-        samples, down = await read_plan(client, self._plan, self._cfg.timeout_s)
+            return self._map.all_bad(client)
+        samples, down = await self._map.scan(client, self._cfg.timeout_s)
         if down is not None:
             self._link.fail("link", down.reason)
             self._drop_client()
             self._backoff.failed()
         else:
             self._link.ok("link")
-        ordered = self._layout.assemble(samples)
-        if down is None and (self._tags.any_failing or any(s.reason for s in ordered)):
-            self._log_tag_transitions(ordered)
-        return ordered
+        return samples
 
     async def _connected_client(self) -> AsyncModbusTcpClient | str:
         """The live client, or the reason why there is none right now."""
@@ -135,10 +127,3 @@ class ModbusTcpDriver:
         if self._client is not None:
             self._client.close()
             self._client = None
-
-    def _log_tag_transitions(self, samples: list[Sample]) -> None:
-        for sample in samples:
-            if sample.reason is None:
-                self._tags.ok(sample.tag)
-            else:
-                self._tags.fail(sample.tag, sample.reason)
