@@ -1,8 +1,10 @@
-"""The supervisor: one TaskGroup with a named task per device poller and per sink.
+"""The supervisor: one TaskGroup with a named task per device, loop group and sink.
 
 Expected device errors stay inside a driver and become quality; anything else is a bug and
 ends the process so that systemd restarts it. Shutdown is ordered so nothing in flight is
-lost: pollers finish their current scan, the journal closes, sinks drain it, then exit.
+lost: pollers finish their current scan, loop groups hand control back, the journal closes,
+sinks drain it, then exit. SIGHUP reloads the site file (`controller/reload.py`): devices
+whose config did not change keep their task, connection and schedule.
 """
 
 from __future__ import annotations
@@ -10,20 +12,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any, Protocol
 
 from controller import sdnotify
+from controller.access_config import UserKey, load_keys
+from controller.audit import AuditTrail, trail_path
 from controller.config import SiteConfig
+from controller.control_plane import ControlPlane, has_controls
 from controller.hub import Hub
 from controller.journal import Journal
+from controller.loops import LoopGroup, Writer, loop_tags
+from controller.loops_check import catalog
+from controller.loops_config import split
 from controller.poller import Poller
+from controller.reload import ReloadRefused, diff
 from controller.sinks.influx import InfluxSink
 from controller.sinks.mqtt import MqttSink
 from controller.tagstore import TagStore
 from drivers.base import Driver
-from drivers.registry import make_driver
+from drivers.registry import AnyDeviceConfig, make_driver
 from drivers.rtubus import RtuBus
 
 log = logging.getLogger(__name__)
@@ -34,57 +45,207 @@ class Sink(Protocol):
 
     async def run(self) -> None: ...
 
+    def add_streams(self, cfg: SiteConfig) -> None: ...
+
 
 def cellfab_version() -> str:
     """The installed distribution's version (stamped on status messages)."""
     return version("cellfab")
 
 
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where the running config came from: audited at load and reload."""
+
+    path: str
+    sha256: str
+
+
+@dataclass
+class DeviceRun:
+    """One device's driver and poller, and the stop that ends just this device."""
+
+    cfg: AnyDeviceConfig
+    driver: Driver
+    poller: Poller
+    stop: asyncio.Event
+    task: asyncio.Task[None] | None = None
+
+
+def _store(cfg: SiteConfig, devices: Mapping[str, DeviceRun], units: Mapping[str, str]) -> TagStore:
+    return TagStore(
+        [
+            *((dev_id, run.driver.tags) for dev_id, run in devices.items()),
+            *((lp.id, loop_tags(units[lp.pv], units[lp.output])) for lp in cfg.loops),
+        ]
+    )
+
+
+def _writers(devices: Mapping[str, DeviceRun]) -> dict[str, Writer]:
+    return {
+        dev_id: run.driver  # type: ignore[misc]  # checked by hasattr: the drivers that write
+        for dev_id, run in devices.items()
+        if hasattr(run.driver, "write")
+    }
+
+
+def _units(cfg: SiteConfig) -> dict[str, str]:
+    return {name: meta.unit for name, meta in catalog(cfg.devices).items()}
+
+
 class Daemon:
     """Everything one site file describes, wired together; `run` until `stop` is set."""
 
-    def __init__(self, cfg: SiteConfig) -> None:
+    def __init__(
+        self,
+        cfg: SiteConfig,
+        keys: Mapping[str, UserKey] | None = None,
+        source: ConfigSource | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.source = source
         self.buses = {bus.id: RtuBus(bus) for bus in cfg.buses}
-        self.drivers: dict[str, Driver] = {
-            dev.id: make_driver(dev, self.buses) for dev in cfg.devices
-        }
         self.journal = Journal(cfg.journal.max_scans)
-        self.store = TagStore((dev_id, drv.tags) for dev_id, drv in self.drivers.items())
-        self.hub = Hub(self.store, self.journal)
-        self.pollers = [
-            Poller(dev.id, self.drivers[dev.id], dev.poll_period_s, self.hub) for dev in cfg.devices
-        ]
+        self.hub = Hub(TagStore([]), self.journal)
+        self.devices: dict[str, DeviceRun] = {dev.id: self._device(dev) for dev in cfg.devices}
+        units = _units(cfg)
+        self.hub.store = _store(cfg, self.devices, units)
+        self.control = ControlPlane(cfg, self.store, _writers(self.devices), units, keys or {})
+        self.controls = has_controls(cfg)
+        self.trail: AuditTrail | None = None
         self.sinks: dict[str, Sink] = {}
         if cfg.influx.url:
             self.sinks["influx"] = InfluxSink(cfg, self.journal.cursor("influx"))
         if cfg.mqtt.url:
-            self.sinks["mqtt"] = MqttSink(cfg, self.journal.cursor("mqtt"), cellfab_version())
+            self.sinks["mqtt"] = MqttSink(
+                cfg, self.journal.cursor("mqtt"), cellfab_version(), commands=self.commands
+            )
         self.ready = asyncio.Event()
+        self.reloaded = asyncio.Event()  # set after each reload attempt (tests await it)
+        self.last_reload: str | None = None
+        self._reload_wanted = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._loop_tasks: dict[int, asyncio.Task[None]] = {}
+        self._loop_stops: dict[int, asyncio.Event] = {}
 
+    # --- views the CLI, demo, benches and tests use -----------------------------------
+    @property
+    def store(self) -> TagStore:
+        """The latest value of every tag (replaced on a reload)."""
+        return self.hub.store
+
+    @property
+    def drivers(self) -> dict[str, Driver]:
+        """Device id -> its driver."""
+        return {dev_id: run.driver for dev_id, run in self.devices.items()}
+
+    @property
+    def pollers(self) -> list[Poller]:
+        """One poller per device, in config order."""
+        return [run.poller for run in self.devices.values()]
+
+    @property
+    def loop_groups(self) -> list[LoopGroup]:
+        """The running loop groups."""
+        return self.control.groups
+
+    @property
+    def commands(self) -> Any:
+        """The command service (None when the site has no loops, command tags or users)."""
+        return self.control.commands
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload `source.path` at the next opportunity."""
+        self._reload_wanted.set()
+
+    # --- running ------------------------------------------------------------------------
     async def run(
         self,
         stop: asyncio.Event,
         extra: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
-        """Poll and forward until `stop`; then drain the sinks and return."""
+        """Poll, control and forward until `stop`; then drain the sinks and return."""
         async with contextlib.AsyncExitStack() as stack:
+            if self.controls:  # commands and loops change the process: audited
+                path = trail_path(self.cfg.state.dir)
+                self.trail = await asyncio.to_thread(AuditTrail.open, path)
+                stack.callback(self.trail.close)
+                src = self.source
+                sha = src.sha256 if src else None
+                await self._audit("config_load", None, sha, "accepted", "daemon start")
+                if self.commands is not None:
+                    self.commands.trail = self.trail
             for bus in self.buses.values():  # entered first, so they outlive their slaves
                 await stack.enter_async_context(bus)
-            for driver in self.drivers.values():
-                await stack.enter_async_context(driver)
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
                 for name, sink in self.sinks.items():
                     tg.create_task(sink.run(), name=f"sink:{name}")
-                polls = [tg.create_task(p.run(stop), name=f"poll:{p.device}") for p in self.pollers]
+                for run in self.devices.values():
+                    self._start_device(run)
+                for group in self.loop_groups:
+                    self._start_group(group)
                 tg.create_task(self._announce_ready(), name="ready")
+                tg.create_task(self._reloads(stop), name="reload")
                 if extra is not None:
                     tg.create_task(extra(stop), name="extra")
-                await asyncio.wait(polls)
+                await stop.wait()
+                await self._stop_all()
                 sdnotify.notify("STOPPING=1")
                 log.info("pollers stopped after %d scans; draining sinks", self.hub.scans)
                 self.journal.close()
         log.info("stopped")
+
+    def _device(self, cfg: AnyDeviceConfig) -> DeviceRun:
+        driver = make_driver(cfg, self.buses)
+        return DeviceRun(
+            cfg, driver, Poller(cfg.id, driver, cfg.poll_period_s, self.hub), asyncio.Event()
+        )
+
+    def _start_device(self, run: DeviceRun) -> None:
+        assert self._tg is not None
+        run.task = self._tg.create_task(self._poll(run), name=f"poll:{run.cfg.id}")
+
+    @staticmethod
+    async def _poll(run: DeviceRun) -> None:
+        async with run.driver:
+            await run.poller.run(run.stop)
+
+    def _start_group(self, group: LoopGroup) -> None:
+        assert self._tg is not None
+        stop = asyncio.Event()
+        self._loop_stops[id(group)] = stop
+        self._loop_tasks[id(group)] = self._tg.create_task(
+            self._run_loops(group, stop), name=f"loops:{group.cfg.id}"
+        )
+
+    async def _stop_groups(self, groups: list[LoopGroup]) -> None:
+        tasks = []
+        for group in groups:
+            self._loop_stops.pop(id(group)).set()
+            tasks.append(self._loop_tasks.pop(id(group)))
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def _stop_devices(self, runs: list[DeviceRun]) -> None:
+        for run in runs:
+            run.stop.set()
+        tasks = [run.task for run in runs if run.task is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def _stop_all(self) -> None:
+        """Loops first (they hand control back through the drivers), then the pollers."""
+        await self._stop_groups(list(self.loop_groups))
+        await self._stop_devices(list(self.devices.values()))
+
+    async def _run_loops(self, group: LoopGroup, stop: asyncio.Event) -> None:
+        """A loop group starts once every device it reads or writes has been scanned."""
+        devices = {split(name)[0] for loop in group.loops for name in (loop.pv, loop.output)}
+        first = [run.poller.scanned.wait() for d, run in self.devices.items() if d in devices]
+        await asyncio.gather(*first)
+        if not stop.is_set():
+            await group.run(stop, self.hub)
 
     async def _announce_ready(self) -> None:
         """READY once every device has been scanned once (good or bad), as systemd expects."""
@@ -94,3 +255,113 @@ class Daemon:
         self.ready.set()
         sdnotify.notify(f"READY=1\nSTATUS=polling {len(self.pollers)} devices")
         log.info("ready: %d devices, sinks: %s", len(self.pollers), ", ".join(self.sinks) or "none")
+
+    # --- reload -------------------------------------------------------------------------
+    async def _reloads(self, stop: asyncio.Event) -> None:
+        """Apply SIGHUP reloads one at a time until `stop`."""
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while True:
+                wanted = asyncio.create_task(self._reload_wanted.wait())
+                await asyncio.wait([stopping, wanted], return_when=asyncio.FIRST_COMPLETED)
+                if stop.is_set():
+                    wanted.cancel()
+                    return
+                self._reload_wanted.clear()
+                await self.reload()
+        finally:
+            stopping.cancel()
+
+    async def reload(self) -> None:
+        """Read the site file again and apply it; a bad or unappliable file changes nothing."""
+        from controller.configload import ConfigError, load_site  # noqa: PLC0415 - no cycle
+
+        src = self.source
+        if src is None:
+            log.error("reload refused: the embedded config cannot be reloaded")
+            return
+        try:
+            path = Path(src.path)
+            data = await asyncio.to_thread(path.read_bytes)
+            new = await asyncio.to_thread(load_site, path)
+            digest = _sha256(data)
+            summary = await self._apply(new, path)
+        except (ConfigError, ReloadRefused, OSError) as exc:
+            why = "\n".join(exc.errors) if isinstance(exc, ConfigError) else str(exc)
+            log.error("reload refused, the running config is unchanged: %s", why)  # noqa: TRY400
+            self.last_reload = f"refused: {why}"
+            await self._audit_quietly(None, f"refused: {why}")
+        else:
+            self.source = ConfigSource(src.path, digest)
+            log.info("reloaded %s: %s", src.path, summary)
+            self.last_reload = f"accepted: {summary}"
+            await self._audit_quietly(digest, f"accepted: {summary}", old=src.sha256)
+        self.reloaded.set()
+        self.reloaded = asyncio.Event()
+
+    async def _apply(self, new: SiteConfig, path: Path) -> str:
+        d = diff(self.cfg, new)
+        if d.restart:
+            raise ReloadRefused(d.summary())
+        if has_controls(new) != self.controls:
+            raise ReloadRefused("adding or removing all loops/command tags/users needs a restart")
+        if d.empty:
+            return d.summary()
+        keys = await asyncio.to_thread(load_keys, new.users, path.parent) if new.users else {}
+        old_groups = list(self.loop_groups)
+        going = [self.devices[i] for i in (*d.removed, *d.changed)]
+        runs = {i: self.devices[i] for i in self.devices if i not in {*d.removed, *d.changed}}
+        new_runs = {dev.id: runs.get(dev.id) or self._device(dev) for dev in new.devices}
+        units = _units(new)
+        store = _store(new, new_runs, units)
+        # 1. the old loops stop; those that continue in the new config are not handed back
+        self.control.rebuild(new, store, _writers(new_runs), units, keys)
+        await self._stop_groups(old_groups)
+        # 2. removed and changed devices finish their scan and close
+        await self._stop_devices(going)
+        # 3. one synchronous switch: store, devices, config; then the new tasks start
+        store.carry_from(self.store)
+        self.hub.store = store
+        self.devices = new_runs
+        self.cfg = new
+        for sink in self.sinks.values():
+            sink.add_streams(new)
+        for dev_id in (*d.added, *d.changed):
+            self._start_device(self.devices[dev_id])
+        for group in self.loop_groups:
+            self._start_group(group)
+        return d.summary()
+
+    # --- audit --------------------------------------------------------------------------
+    async def _audit(
+        self, action: str, old: str | None, new: str | None, result: str, reason: str
+    ) -> None:
+        """A record by the daemon itself (user `system`) about its config file."""
+        if self.trail is None:
+            return
+        src = self.source
+        await asyncio.to_thread(
+            self.trail.append,
+            user="system",
+            role="system",
+            action=action,
+            obj=src.path if src else "(embedded)",
+            old=old,
+            new=new,
+            reason=reason,
+            client=f"cellfab {cellfab_version()}",
+            result=result,
+        )
+
+    async def _audit_quietly(self, new: str | None, result: str, old: str | None = None) -> None:
+        """A reload record; a failing trail is logged, the reload itself already happened."""
+        try:
+            await self._audit("config_reload", old, new, result, "SIGHUP")
+        except (RuntimeError, OSError) as exc:
+            log.error("audit trail: config reload not recorded: %s", exc)  # noqa: TRY400
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib  # noqa: PLC0415
+
+    return hashlib.sha256(data).hexdigest()

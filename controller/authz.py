@@ -142,6 +142,15 @@ class Verifier:
         self._nonces = NonceCache(self._cmd.nonce_retention_s, self._cmd.nonce_cache_max)
         self._request_ids = NonceCache(self._cmd.nonce_retention_s, self._cmd.nonce_cache_max)
 
+    def reconfigure(self, access: AccessConfig, keys: Mapping[str, UserKey], plant: Plant) -> None:
+        """New users, roles, keys and plant (a config reload); the replay caches are kept,
+        so a request accepted before the reload cannot be replayed after it."""
+        self._cmd = access.commands
+        self._roles = {u.id: u.role for u in access.users}
+        self._keys = keys
+        self._plant = plant
+        self._policy = Policy(access.roles)
+
     def verify(
         self, topic_verb: str, payload: bytes, now: datetime, client: str | None = None
     ) -> Outcome:

@@ -1,4 +1,4 @@
-"""`cellfab` command line: run, check, simulate, demo, audit.
+"""`cellfab` command line: run, check, simulate, demo, audit, cmd.
 
 Exit codes: 0 ok, 2 invalid configuration (every error listed as `FILE: path.to.key: msg`),
 1 anything else.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -15,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from controller import cmd_cli
 from controller.configload import ConfigError, load_site
 from controller.logsetup import setup_logging
 
@@ -95,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(verify)
     verify.set_defaults(handler=_cmd_audit_verify)
 
+    cmd_cli.add_parser(sub)
+
     demo = sub.add_parser(
         "demo",
         help="simulated floor + daemon with a live view",
@@ -143,7 +147,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     cfg = _load_or_report(args.config, read_secrets=False)
     if cfg is None:
         return EXIT_INVALID
-    print(f"{args.config}: ok ({len(cfg.devices)} devices)")
+    loops = f", {len(cfg.loops)} loops" if cfg.loops else ""
+    print(f"{args.config}: ok ({len(cfg.devices)} devices{loops})")
     return 0
 
 
@@ -177,10 +182,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_or_report(args.config)
     if cfg is None:
         return EXIT_INVALID
-    from controller.app import Daemon  # noqa: PLC0415 — keeps `check` fast and light
+    from controller.access_config import KeyFileError, load_keys  # noqa: PLC0415
+    from controller.app import ConfigSource, Daemon  # noqa: PLC0415 — keeps `check` light
+
+    try:
+        keys = load_keys(cfg.users, args.config.parent)
+    except KeyFileError as exc:
+        for line in exc.errors:
+            print(f"{args.config}: {line}", file=sys.stderr)
+        return EXIT_INVALID
+    digest = hashlib.sha256(args.config.read_bytes()).hexdigest()
+    source = ConfigSource(str(args.config.resolve()), digest)
 
     async def daemon(stop: asyncio.Event) -> None:
-        await Daemon(cfg).run(stop)
+        instance = Daemon(cfg, keys, source)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, instance.request_reload)
+        await instance.run(stop)
 
     return _run_until_signal(daemon)
 

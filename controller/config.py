@@ -12,11 +12,14 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from controller.access_config import CommandsSection, RoleConfig, UserConfig, access_problems
+from controller.loops_config import CommandTag, LoopConfig, LoopGroupConfig
 from drivers.modbus_rtu import ModbusRtuConfig
 from drivers.registermap import Frozen
 from drivers.registry import DeviceConfig
 from drivers.rtubus import RtuBusConfig
 
+LOOP_CLASS = "pid_loop"  # measurement / device_class of the loops' own data
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
@@ -104,6 +107,14 @@ class SiteConfig(Frozen):
     journal: JournalSection = JournalSection()
     buses: tuple[RtuBusConfig, ...] = Field(default=(), description="RS-485 lines")
     devices: tuple[DeviceConfig, ...] = Field(min_length=1)
+    loop_groups: tuple[LoopGroupConfig, ...] = ()
+    loops: tuple[LoopConfig, ...] = ()
+    command_tags: tuple[CommandTag, ...] = Field(
+        default=(), description="writable tags the `write` command may set, with limits"
+    )
+    users: tuple[UserConfig, ...] = Field(default=(), description="who may sign commands")
+    roles: tuple[RoleConfig, ...] = ()
+    commands: CommandsSection = CommandsSection()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> SiteConfig:
@@ -132,6 +143,32 @@ class SiteConfig(Frozen):
                     f"devices {other!r} and {dev.id!r} share unit id {dev.unit_id} on {dev.bus}"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _control_unique(self) -> SiteConfig:
+        for kind, ids in (
+            ("loop group", [g.id for g in self.loop_groups]),
+            ("loop", [loop.id for loop in self.loops]),
+            ("command tag", [t.tag for t in self.command_tags]),
+        ):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {kind} {', '.join(dupes)}")
+        problems = access_problems(self.users, self.roles)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def streams(self) -> dict[str, tuple[str, str]]:
+        """Every source of scans -> (device_class, area): the devices, then the loops.
+
+        A loop reports its terms like a device reports its tags, under its own id
+        (`device.loop`), in the area of the device it controls.
+        """
+        out = {dev.id: (dev.device_class, dev.area) for dev in self.devices}
+        for loop in self.loops:
+            out[loop.id] = (LOOP_CLASS, out[loop.device][1] if loop.device in out else "")
+        return out
 
     @property
     def topic_prefix(self) -> str:

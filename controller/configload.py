@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 
 from controller.config import SiteConfig
+from controller.loops_check import catalog, loop_problems
 from drivers.opcua_config import OpcUaConfig, with_profile
 from drivers.registermap import RegisterMap
 from drivers.registry import DRIVER_NAMES, AnyDeviceConfig
@@ -190,6 +191,10 @@ def _resolve(cfg: SiteConfig, path: Path, *, read_secrets: bool) -> SiteConfig:
         mqtt = mqtt.model_copy(update={"password": password})
     if errors:
         raise ConfigError(errors)
+    groups = [g.id for g in cfg.loop_groups]
+    refs = loop_problems(cfg.loops, cfg.command_tags, groups, catalog(devices))
+    if refs:
+        raise ConfigError([f"{path}: {at}: {msg}" for at, msg in refs])
     return cfg.model_copy(update={"devices": tuple(devices), "influx": influx, "mqtt": mqtt})
 
 

@@ -40,7 +40,8 @@ def demo_config(links: Path) -> SiteConfig:
         else:  # a slave on a bus: the bus moves
             devices.append(dev)
     buses = tuple(bus.model_copy(update={"port": str(links / bus.id)}) for bus in cfg.buses)
-    return cfg.model_copy(update={"devices": tuple(devices), "buses": buses})
+    state = cfg.state.model_copy(update={"dir": links / "state"})  # audit trail of the demo
+    return cfg.model_copy(update={"devices": tuple(devices), "buses": buses, "state": state})
 
 
 async def run_demo(stop: asyncio.Event, *, view: bool, duration_s: float | None) -> None:

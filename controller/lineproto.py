@@ -70,15 +70,19 @@ class LineFormatter:
     """
 
     def __init__(self, cfg: SiteConfig, *, reasons: bool = False) -> None:
-        site = escape_key(cfg.site.id)
         self._reasons = reasons
         self._heads: dict[str, str] = {}
-        for dev in cfg.devices:
-            self._heads[dev.id] = (
-                f"{escape_measurement(dev.device_class)},site={site},"
-                f"area={escape_key(dev.area)},device={escape_key(dev.id)}"
-            )
+        self.add_streams(cfg)
         self._keys: dict[str, tuple[str, str, str]] = {}
+
+    def add_streams(self, cfg: SiteConfig) -> None:
+        """Know the devices and loops of `cfg` too (a reload; old ones stay for the backlog)."""
+        site = escape_key(cfg.site.id)
+        for name, (device_class, area) in cfg.streams().items():
+            self._heads[name] = (
+                f"{escape_measurement(device_class)},site={site},"
+                f"area={escape_key(area)},device={escape_key(name)}"
+            )
 
     def lines(self, scans: Iterable[Scan], batches: Mapping[str, str] | None = None) -> list[str]:
         """One line per scan that has samples, in order; `batches` maps device -> batch id."""

@@ -6,6 +6,7 @@ indexed by tag position; each device owns a contiguous slice, in its driver's ta
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,8 @@ class TagStore:
         self.value: npt.NDArray[np.float64] = np.full(n, np.nan)
         self.quality: npt.NDArray[np.int8] = np.full(n, Quality.BAD, dtype=np.int8)
         self.t_receive_ns: npt.NDArray[np.int64] = np.zeros(n, dtype=np.int64)
+        # when the value arrived here, on the monotonic clock: staleness is scheduling
+        self.t_stored_s: npt.NDArray[np.float64] = np.full(n, -np.inf)
         self.reasons: list[str | None] = ["no reading yet"] * n
         self.index = {key: i for i, key in enumerate(self.keys)}
 
@@ -60,7 +63,19 @@ class TagStore:
         self.value[sl] = [np.nan if s.value is None else s.value for s in samples]
         self.quality[sl] = [s.quality for s in samples]
         self.t_receive_ns[sl] = [s.t_receive_ns for s in samples]
+        self.t_stored_s[sl] = time.monotonic()
         self.reasons[sl] = [s.reason for s in samples]
+
+    def carry_from(self, old: TagStore) -> None:
+        """Take over the latest state of every tag both stores have (a config reload)."""
+        pairs = [(i, old.index[key]) for i, key in enumerate(self.keys) if key in old.index]
+        if not pairs:
+            return
+        new_i, old_i = (np.array(x, dtype=np.intp) for x in zip(*pairs, strict=True))
+        for name in ("value", "quality", "t_receive_ns", "t_stored_s"):
+            getattr(self, name)[new_i] = getattr(old, name)[old_i]
+        for i, j in pairs:
+            self.reasons[i] = old.reasons[j]
 
     def rows(self) -> list[TagRow]:
         """Every tag's latest state, in configuration order."""

@@ -16,8 +16,13 @@ class TransitionLog:
     """Tracks one condition per key (a device link, a tag) and logs only its changes."""
 
     def __init__(
-        self, logger: logging.Logger, subject: str, clock: Callable[[], float] = time.monotonic
+        self,
+        logger: logging.Logger,
+        subject: str,
+        clock: Callable[[], float] = time.monotonic,
+        attempts: str = "reads",
     ) -> None:
+        self._attempts = attempts
         self._log = logger
         self._subject = subject
         self._clock = clock
@@ -47,10 +52,11 @@ class TransitionLog:
         previous = self._failing.pop(key, None)
         if previous is not None:
             self._log.info(
-                "%s %s: recovered after %.1f s (%d failed reads, last: %s)",
+                "%s %s: recovered after %.1f s (%d failed %s, last: %s)",
                 self._subject,
                 key,
                 self._clock() - previous[1],
                 previous[2],
+                self._attempts,
                 previous[0],
             )

@@ -81,6 +81,10 @@ class InfluxSink:
         """Counters and lag as one flat mapping."""
         return {**asdict(self.stats), "lag": self.lag}
 
+    def add_streams(self, cfg: SiteConfig) -> None:
+        """Format the devices and loops of a reloaded config too."""
+        self._formatter.add_streams(cfg)
+
     async def run(self) -> None:
         """Write until the journal is closed and drained (or the drain deadline passes)."""
         token = self._cfg.token.get_secret_value() if self._cfg.token else ""  # "": no header

@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
+from controller.command_service import CommandService
 from controller.config import SiteConfig
 from controller.journal import Cursor
 from controller.sinks.drain import DrainDeadline
@@ -145,14 +146,16 @@ class MqttSink:
         drain_timeout_s: float = 10.0,
         window: int = 100,
         rng: random.Random | None = None,
+        commands: CommandService | None = None,
     ) -> None:
         self._cfg = cfg
+        self._commands = commands
         self._endpoint = Endpoint.from_config(cfg)
         self._cursor = cursor
         self._version = version
         self._prefix = cfg.topic_prefix
         self._status_topic = f"{self._prefix}/status"
-        self._devices = {d.id: (d.device_class, d.area) for d in cfg.devices}
+        self._devices = cfg.streams()
         self._drain = DrainDeadline(cursor, drain_timeout_s)
         self._window = window
         self._backoff = Backoff(cfg.mqtt.reconnect_min_s, cfg.mqtt.reconnect_max_s, rng)
@@ -169,6 +172,10 @@ class MqttSink:
     def health(self) -> dict[str, object]:
         """Counters and lag as one flat mapping."""
         return {**asdict(self.stats), "lag": self.lag}
+
+    def add_streams(self, cfg: SiteConfig) -> None:
+        """Publish the devices and loops of a reloaded config too (old ones stay known)."""
+        self._devices = {**self._devices, **cfg.streams()}
 
     async def run(self) -> None:
         """Forward until the journal is closed and drained (or the drain deadline passes)."""
@@ -231,14 +238,22 @@ class MqttSink:
                 raise
 
     async def _inbound(self, client: aiomqtt.Client) -> None:
-        """Incoming messages; the iterator raises MqttError as soon as the link drops.
+        """Commands in, replies out; the iterator raises MqttError as soon as the link drops.
 
-        Nothing is subscribed yet. `<prefix>/alarms/<alarm>` acknowledgements and
-        `<prefix>/cmd/<verb>` go here: subscribe after each connect (the session is
-        clean), dispatch by topic, answer on `<prefix>/reply/<request_id>`.
+        Subscribed after each connect (the session is clean). Commands are handled one at a
+        time, in arrival order, so two commands on one loop apply in the order sent.
         """
+        commands = self._commands
+        if commands is None:
+            return
+        timeout_s = self._cfg.mqtt.publish_timeout_s
+        await client.subscribe(commands.subscription, qos=1, timeout=timeout_s)
         async for message in client.messages:
-            log.warning("MQTT: message on %s although nothing is subscribed", message.topic)
+            payload = message.payload
+            if not isinstance(payload, bytes):
+                payload = b"" if payload is None else str(payload).encode()
+            for out in await commands.handle(str(message.topic), payload):
+                await client.publish(out.topic, out.payload, qos=1, timeout=timeout_s)
 
     async def _forward(self, client: aiomqtt.Client) -> bool:
         """Publish pending scans a window at a time; False if the drain deadline passed."""

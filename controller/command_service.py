@@ -1,0 +1,128 @@
+"""One command from the broker to its reply: verify, audit, carry out, answer.
+
+The audit record is made durable before anything changes and before the reply is sent,
+so a reply saying `ok` always has its record on disk; a command that cannot be audited
+(disk full, trail broken) is refused and nothing changes. An accepted action that a
+device then refuses gets a second record (`failed: …`) and a reply with `ok: false`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from controller.audit import AuditTrail
+from controller.audit_record import AuditRecord, AuditValue
+from controller.authz import Verifier
+from controller.commands import Accepted, SealFields, reply_payload, reply_topic
+from controller.plant import ActionFailed, LoopPlant
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Something to publish: a reply (QoS 1, not retained) or an audit event."""
+
+    topic: str
+    payload: bytes
+
+
+class CommandService:
+    """Handles `<prefix>/cmd/<verb>` messages; returns what to publish in answer."""
+
+    def __init__(
+        self,
+        verifier: Verifier,
+        plant: LoopPlant,
+        trail: AuditTrail | None,
+        prefix: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._verifier = verifier
+        self.plant = plant
+        self.trail = trail
+        self._prefix = prefix
+        self._clock = clock
+        self.accepted = 0
+        self.refused = 0
+
+    @property
+    def subscription(self) -> str:
+        """The topic filter the MQTT sink subscribes for us."""
+        return f"{self._prefix}/cmd/+"
+
+    async def handle(self, topic: str, payload: bytes) -> list[Message]:
+        """The reply and audit events for one request (no reply when it had no request_id)."""
+        verb = topic.rsplit("/", 1)[-1]
+        now = self._clock()
+        outcome = self._verifier.verify(verb, payload, now)
+        out: list[Message] = []
+        fields = outcome.audit.seal_fields()
+        try:
+            out += await self._audit(fields)
+        except (RuntimeError, OSError) as exc:  # AuditWriteError is a RuntimeError
+            log.error("audit trail unavailable, command refused: %s", exc)  # noqa: TRY400 - said
+            return self._unaudited(outcome.request_id, now, exc)
+        if isinstance(outcome, Accepted):
+            try:
+                await self.plant.execute(outcome.request.action)
+            except ActionFailed as exc:
+                self.refused += 1
+                failed: SealFields = {**fields, "result": f"failed: {exc}"}
+                out += await self._audit_quietly(failed)
+                return [*self._reply(outcome.request_id, now, False, "failed", str(exc)), *out]
+            self.accepted += 1
+            log.info(
+                "command %s on %s by %s accepted", verb, outcome.request.object, fields["user"]
+            )
+        else:
+            self.refused += 1
+            log.warning(
+                "command on cmd/%s refused: %s: %s", verb[:40], outcome.code, outcome.message
+            )
+        topic_out = reply_topic(self._prefix, outcome)
+        if topic_out is not None:
+            out.insert(0, Message(topic_out, reply_payload(outcome, now)))
+        return out
+
+    async def _audit(self, fields: SealFields) -> list[Message]:
+        if self.trail is None:
+            return []
+        record: AuditRecord = await asyncio.to_thread(self.trail.append, **fields)
+        return [Message(f"{self._prefix}/events/audit", _event(record.to_event()))]
+
+    async def _audit_quietly(self, fields: SealFields) -> list[Message]:
+        try:
+            return await self._audit(fields)
+        except (RuntimeError, OSError) as exc:
+            log.error("audit trail unavailable for a failed command: %s", exc)  # noqa: TRY400
+            return []
+
+    def _unaudited(self, request_id: str | None, now: datetime, exc: Exception) -> list[Message]:
+        self.refused += 1
+        why = f"the audit trail cannot be written ({exc}); nothing was changed"
+        return self._reply(request_id, now, False, "audit_unavailable", why)
+
+    def _reply(
+        self, request_id: str | None, now: datetime, ok: bool, code: str, message: str
+    ) -> list[Message]:
+        if request_id is None:
+            return []
+        body = {
+            "request_id": request_id,
+            "ok": ok,
+            "code": code,
+            "message": message,
+            "ts": now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        }
+        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        return [Message(f"{self._prefix}/reply/{request_id}", payload)]
+
+
+def _event(event: dict[str, AuditValue]) -> bytes:
+    return json.dumps(event, separators=(",", ":"), allow_nan=False).encode()

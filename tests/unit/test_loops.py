@@ -1,0 +1,237 @@
+"""Loops in the site file (`cellfab check`) and one loop group's tick, with a fake actuator."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+import pytest
+
+from controller.cli import main
+from controller.loops import LoopGroup
+from controller.loops_config import LoopConfig, LoopGroupConfig
+from controller.pid import AUTO, HOLD, SAFE
+from controller.tagstore import TagStore
+from drivers.sample import Quality, Sample, Scan
+
+DEVICE = """
+[site]
+id = "lab"
+[[devices]]
+id = "br-1"
+device_class = "bioreactor"
+area = "suite-1"
+driver = "opcua"
+url = "opc.tcp://127.0.0.1:4840/x/"
+profile = "xuri-like-bioreactor"
+
+[[loop_groups]]
+id = "fast"
+period_s = 1.0
+"""
+
+LOOP = """
+[[loops]]
+id = "br-1.temp"
+group = "fast"
+pv = "br-1.temperature"
+output = "br-1.heater_output"
+sp_min = 30.0
+sp_max = 39.0
+setpoint = 37.0
+kp = 10.0
+out_min = 0.0
+out_max = 100.0
+safe_output = 0.0
+"""
+
+
+def check(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    code = main(["check", "-c", str(path)])
+    return code, [line.removeprefix(f"{path}: ") for line in capsys.readouterr().err.splitlines()]
+
+
+def test_a_valid_loop_passes_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert check(tmp_path, DEVICE + LOOP, capsys) == (0, [])
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("br-1.temperature", "br-1.temprature"), "loops.0.pv: unknown tag br-1.temprature"),
+        (
+            ('output = "br-1.heater_output"', 'output = "br-1.vcd"'),
+            "loops.0.output: br-1.vcd is not writable",
+        ),
+        (('group = "fast"', 'group = "slow"'), "loops.0.group: br-1.temp: no loop group 'slow'"),
+        (("out_max = 100.0", "out_max = -1.0"), "loops.0: out_min 0.0 must be below"),
+        (("sp_max = 39.0", "sp_max = 29.0"), "loops.0: sp_min 30.0 must be below"),
+        (("setpoint = 37.0", "setpoint = 40.0"), "loops.0: setpoint 40.0 outside"),
+        (('id = "br-1.temp"', 'id = "br-9.temp"'), "loops.0.id: br-9.temp: no device 'br-9'"),
+        (("kp = 10.0", "kp = nan"), "loops.0.kp: "),
+    ],
+)
+def test_loop_errors_name_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: tuple[str, str], expected: str
+) -> None:
+    code, err = check(tmp_path, DEVICE + LOOP.replace(*change), capsys)
+    assert code == 2
+    assert any(line.startswith(expected) for line in err), err
+
+
+def test_two_loops_cannot_drive_one_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    second = LOOP.replace('"br-1.temp"', '"br-1.temp2"')
+    code, err = check(tmp_path, DEVICE + LOOP + second, capsys)
+    assert code == 2
+    assert "loops.1.output: br-1.heater_output is already written by loop br-1.temp" in err
+
+
+# --- run time ---------------------------------------------------------------------------
+
+
+class FakeActuator:
+    """Records writes; fails the first `fail` attempts with RuntimeError."""
+
+    def __init__(self, fail: int = 0, refuse: bool = False) -> None:
+        self.writes: list[tuple[str, float]] = []
+        self.fail = fail
+        self.refuse = refuse
+        self.attempts = 0
+
+    async def write(self, tag: str, value: float) -> None:
+        self.attempts += 1
+        if self.refuse:
+            raise ValueError(f"{tag!r} is not a writable tag")
+        if self.fail > 0:
+            self.fail -= 1
+            raise RuntimeError("device busy")
+        self.writes.append((tag, value))
+
+
+def loop_cfg(**kw: object) -> LoopConfig:
+    base: dict[str, object] = {
+        "id": "dev.temp",
+        "group": "g",
+        "pv": "dev.t",
+        "output": "dev.heat",
+        "sp_min": 0.0,
+        "sp_max": 100.0,
+        "setpoint": 37.0,
+        "kp": 10.0,
+        "ki_per_s": 0.1,
+        "out_min": 0.0,
+        "out_max": 100.0,
+        "safe_output": 3.0,
+        "safe_after_s": 2.0,
+        "takeover": {"tag": "dev.auto", "remote": 0.0, "local": 1.0},
+    }
+    return LoopConfig.model_validate(base | kw)
+
+
+class Tag:
+    def __init__(self, tag: str, unit: str) -> None:
+        self.tag, self.unit = tag, unit
+
+
+def make_group(actuator: FakeActuator, retries: int = 2) -> tuple[LoopGroup, TagStore]:
+    store = TagStore([("dev", [Tag("t", "degC"), Tag("heat", "%"), Tag("auto", "bool")])])
+    group_cfg = LoopGroupConfig(id="g", period_s=1.0, stale_after_s=3.0, write_retries=retries)
+    units = {"dev.t": "degC", "dev.heat": "%"}
+    return LoopGroup(group_cfg, [loop_cfg()], store, {"dev": actuator}, units), store
+
+
+def reading(store: TagStore, t: float, heat: float = 40.0, q: Quality = Quality.GOOD) -> None:
+    samples = (
+        Sample(
+            "t", t if q is Quality.GOOD else None, "degC", q, 1, None if q is Quality.GOOD else "x"
+        ),
+        Sample("heat", heat, "%", Quality.GOOD, 1),
+        Sample("auto", 1.0, "bool", Quality.GOOD, 1),
+    )
+    store.update(Scan("dev", 1, samples))
+
+
+async def test_tick_takes_over_then_writes_the_output_in_order() -> None:
+    actuator = FakeActuator()
+    group, store = make_group(actuator)
+    reading(store, 36.0, heat=40.0)
+    group.prime()
+    terms = group.compute(100.0)
+    await group.write(terms)
+    assert actuator.writes[0] == ("auto", 0.0)  # the device's own loop off first
+    assert actuator.writes[1][0] == "heat"
+    assert actuator.writes[1][1] == pytest.approx(float(terms.output[0]))
+    assert terms.output[0] > 40.0  # primed at the present 40 %, PV below SP: more heat
+    await group.release()
+    assert actuator.writes[-1] == ("auto", 1.0)  # handed back
+
+
+async def test_failed_writes_are_retried_then_reported() -> None:
+    actuator = FakeActuator(fail=2)
+    group, store = make_group(actuator, retries=2)
+    reading(store, 37.0)
+    await group.write(group.compute(1.0))
+    assert group.write_errors == [None]  # two failures, the third attempt went through
+    actuator.fail = 10
+    terms = group.compute(2.0)
+    await group.write(terms)
+    assert group.write_errors[0] == "device busy"
+    (scan,) = group.scans(terms, 5)
+    values = {s.tag: s for s in scan.samples}
+    assert values["write_ok"].value == 0.0
+    assert values["output"].quality is Quality.BAD
+    assert values["output"].reason == "device busy"
+
+
+async def test_a_refused_write_is_not_retried() -> None:
+    actuator = FakeActuator(refuse=True)
+    group, store = make_group(actuator, retries=5)
+    reading(store, 37.0)
+    await group.write(group.compute(1.0))
+    assert actuator.attempts == 1
+    assert group.write_errors[0] is not None
+
+
+async def test_bad_then_stale_pv_holds_then_goes_safe() -> None:
+    group, store = make_group(FakeActuator())
+    reading(store, 36.0)
+    now = store.t_stored_s[0]
+    assert group.compute(now).mode[0] == AUTO
+    held = float(group.compute(now + 0.5).output[0])
+    reading(store, math.nan, q=Quality.BAD)
+    terms = group.compute(now + 1.0)
+    assert terms.mode[0] == HOLD
+    assert terms.output[0] == held
+    reading(store, 36.0)  # good again, but then nothing arrives for longer than stale_after_s
+    t0 = store.t_stored_s[0]
+    assert group.compute(t0 + 2.0).mode[0] == AUTO  # 2 s old: still fresh (limit 3 s)
+    assert group.compute(t0 + 3.1).mode[0] == HOLD  # stale since 1.1 s: held
+    terms = group.compute(t0 + 5.5)  # not good for 3.5 s > safe_after_s
+    assert terms.mode[0] == SAFE
+    assert terms.output[0] == 3.0
+
+
+async def test_run_ticks_until_stop_and_records_each_tick() -> None:
+    actuator = FakeActuator()
+    group, store = make_group(actuator)
+    reading(store, 37.0)
+    recorded: list[Scan] = []
+    stop = asyncio.Event()
+
+    class Hub:
+        def publish(self, scan: Scan) -> int:
+            recorded.append(scan)
+            if len(recorded) == 3:
+                stop.set()
+            return len(recorded)
+
+    group.cfg = group.cfg.model_copy(update={"period_s": 0.01, "stale_after_s": 10.0})
+    await asyncio.wait_for(group.run(stop, Hub()), 10)
+    assert [s.device for s in recorded] == ["dev.temp"] * 3
+    assert [s.tag for s in recorded[0].samples][:4] == ["pv", "sp", "sp_target", "output"]
+    assert actuator.writes[-1] == ("auto", 1.0)
