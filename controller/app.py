@@ -33,6 +33,7 @@ from controller.reload import ReloadRefused, diff
 from controller.sinks.influx import InfluxSink
 from controller.sinks.mqtt import MqttSink
 from controller.tagstore import TagStore
+from controller.watchdog import Liveness, feed, watchdog_interval_s
 from drivers.base import Driver
 from drivers.registry import AnyDeviceConfig, make_driver
 from drivers.rtubus import RtuBus
@@ -107,6 +108,7 @@ class Daemon:
         self.buses = {bus.id: RtuBus(bus) for bus in cfg.buses}
         self.journal = Journal(cfg.journal.max_scans)
         self.hub = Hub(TagStore([]), self.journal)
+        self.liveness = Liveness()
         self.devices: dict[str, DeviceRun] = {dev.id: self._device(dev) for dev in cfg.devices}
         units = _units(cfg)
         self.hub.store = _store(cfg, self.devices, units)
@@ -115,10 +117,16 @@ class Daemon:
         self.trail: AuditTrail | None = None
         self.sinks: dict[str, Sink] = {}
         if cfg.influx.url:
-            self.sinks["influx"] = InfluxSink(cfg, self.journal.cursor("influx"))
+            self.sinks["influx"] = InfluxSink(
+                cfg, self.journal.cursor("influx"), liveness=self.liveness
+            )
         if cfg.mqtt.url:
             self.sinks["mqtt"] = MqttSink(
-                cfg, self.journal.cursor("mqtt"), cellfab_version(), commands=self.commands
+                cfg,
+                self.journal.cursor("mqtt"),
+                cellfab_version(),
+                commands=self.commands,
+                liveness=self.liveness,
             )
         self.ready = asyncio.Event()
         self.reloaded = asyncio.Event()  # set after each reload attempt (tests await it)
@@ -187,6 +195,9 @@ class Daemon:
                     self._start_group(group)
                 tg.create_task(self._announce_ready(), name="ready")
                 tg.create_task(self._reloads(stop), name="reload")
+                interval = watchdog_interval_s()
+                if interval is not None:
+                    tg.create_task(feed(self.liveness, interval, stop), name="watchdog")
                 if extra is not None:
                     tg.create_task(extra(stop), name="extra")
                 await stop.wait()
@@ -198,9 +209,8 @@ class Daemon:
 
     def _device(self, cfg: AnyDeviceConfig) -> DeviceRun:
         driver = make_driver(cfg, self.buses)
-        return DeviceRun(
-            cfg, driver, Poller(cfg.id, driver, cfg.poll_period_s, self.hub), asyncio.Event()
-        )
+        poller = Poller(cfg.id, driver, cfg.poll_period_s, self.hub, liveness=self.liveness)
+        return DeviceRun(cfg, driver, poller, asyncio.Event())
 
     def _start_device(self, run: DeviceRun) -> None:
         assert self._tg is not None
@@ -245,7 +255,7 @@ class Daemon:
         first = [run.poller.scanned.wait() for d, run in self.devices.items() if d in devices]
         await asyncio.gather(*first)
         if not stop.is_set():
-            await group.run(stop, self.hub)
+            await group.run(stop, self.hub, self.liveness)
 
     async def _announce_ready(self) -> None:
         """READY once every device has been scanned once (good or bad), as systemd expects."""

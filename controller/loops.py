@@ -24,6 +24,7 @@ from controller.loops_config import LoopConfig, LoopGroupConfig, split
 from controller.pid import AUTO, HOLD, MANUAL, SAFE, PidTerms, set_mode, update
 from controller.pid_settings import build
 from controller.tagstore import TagStore
+from controller.watchdog import Heart, Liveness
 from drivers.sample import Quality, Sample, Scan, utc_now_ns
 from drivers.transitions import TransitionLog
 
@@ -163,16 +164,21 @@ class LoopGroup:
             state.u[i] = state.i[i] = state.manual_output[i] = value
 
     # --- schedule ---------------------------------------------------------------------
-    async def run(self, stop: asyncio.Event, hub: Publisher) -> None:
+    async def run(
+        self, stop: asyncio.Event, hub: Publisher, liveness: Liveness | None = None
+    ) -> None:
         """Tick every `period_s` until `stop`; then hand outputs back to the devices.
 
         Call it once the loops' devices have been read once, so the first tick has PVs.
         """
         self.prime()
         period = self.cfg.period_s
+        heart = Heart(liveness, f"loops:{self.cfg.id}")
+        tick_budget = self.cfg.write_timeout_s * (self.cfg.write_retries + 1) * 2 + 30.0
         due = time.monotonic()
         try:
             while not stop.is_set():
+                heart.busy(2 * period + tick_budget)
                 terms = self.compute(time.monotonic())
                 await self.write(terms)
                 for scan in self.scans(terms, utc_now_ns()):
@@ -185,6 +191,7 @@ class LoopGroup:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), due - time.monotonic())
         finally:
+            heart.idle()
             await self.release()
 
     async def release(self) -> None:

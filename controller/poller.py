@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controller.hub import Hub
+from controller.watchdog import Heart, Liveness
 from drivers.base import Driver, RecordDriver
 from drivers.sample import Scan, utc_now_ns
 
@@ -46,8 +47,13 @@ class Poller:
         period_s: float,
         hub: Hub,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        liveness: Liveness | None = None,
+        scan_budget_s: float = 30.0,
     ) -> None:
         self.device = device
+        self._heart = Heart(liveness, f"poll:{device}")
+        self._budget_s = 2 * period_s + scan_budget_s  # a scan that takes longer is stuck
         self._driver = driver
         self._period = period_s
         self._hub = hub
@@ -64,12 +70,14 @@ class Poller:
         watcher = asyncio.create_task(self._wake_on(stop), name=f"stop-watch:{self.device}")
         try:
             while not stop.is_set():
+                self._heart.busy(self._budget_s)
                 self.stats.lateness_s.append(max(0.0, self._clock() - due))
                 await self.scan_once()
                 self.scanned.set()
                 due = self._next_due(due)
                 await self._wait_until(due, stop)
         finally:
+            self._heart.idle()
             self.scanned.set()
             watcher.cancel()
             await asyncio.wait([watcher])

@@ -74,3 +74,21 @@ async def feed(liveness: Liveness, interval_s: float, stop: asyncio.Event) -> No
         stuck = late
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
+
+
+class Heart:
+    """One component's beats; a no-op without a Liveness (tests, benches, no systemd)."""
+
+    def __init__(self, liveness: Liveness | None, name: str) -> None:
+        self._live = liveness
+        self.name = name
+
+    def busy(self, within_s: float) -> None:
+        """Working: will come round again within `within_s`."""
+        if self._live is not None:
+            self._live.beat(self.name, within_s)
+
+    def idle(self) -> None:
+        """Waiting for work that others produce: not something that can hang."""
+        if self._live is not None:
+            self._live.done(self.name)

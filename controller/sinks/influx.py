@@ -26,6 +26,7 @@ from controller.config import SiteConfig
 from controller.journal import Cursor
 from controller.lineproto import LineFormatter
 from controller.sinks.drain import DrainDeadline
+from controller.watchdog import Heart, Liveness
 from drivers.backoff import Backoff
 from drivers.sample import Scan
 from drivers.transitions import TransitionLog
@@ -58,7 +59,9 @@ class InfluxSink:
         *,
         drain_timeout_s: float = 10.0,
         rng: random.Random | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
+        self._heart = Heart(liveness, "sink:influx")
         if cfg.influx.url is None:
             raise ValueError("influx.url is not set: the InfluxDB sink is off")
         self._cfg = cfg.influx
@@ -93,7 +96,11 @@ class InfluxSink:
             url=self._url, token=token, org=self._cfg.org, timeout=timeout_ms
         ) as client:
             api = client.write_api()
-            while await self._cursor.wait():
+            while True:
+                self._heart.idle()  # waiting for scans is not hanging
+                if not await self._cursor.wait():
+                    break
+                self._heart.busy(self._cfg.flush_interval_s + self._cfg.timeout_s * 2 + 30.0)
                 await self._coalesce()
                 if self._drain.expired() or not await self._deliver(api):
                     log.error(
@@ -132,6 +139,7 @@ class InfluxSink:
             else:
                 self._written(batch, len(lines))
                 return True
+            self._heart.busy(wait + self._cfg.timeout_s * 2 + 30.0)
             if not await self._drain.pause(wait):
                 return False
 

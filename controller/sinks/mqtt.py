@@ -26,6 +26,7 @@ from controller.command_service import CommandService
 from controller.config import SiteConfig
 from controller.journal import Cursor
 from controller.sinks.drain import DrainDeadline
+from controller.watchdog import Heart, Liveness
 from drivers.backoff import Backoff
 from drivers.sample import Quality, Scan, utc_now_ns
 from drivers.transitions import TransitionLog
@@ -147,7 +148,9 @@ class MqttSink:
         window: int = 100,
         rng: random.Random | None = None,
         commands: CommandService | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
+        self._heart = Heart(liveness, "sink:mqtt")
         self._cfg = cfg
         self._commands = commands
         self._endpoint = Endpoint.from_config(cfg)
@@ -187,8 +190,11 @@ class MqttSink:
             except* aiomqtt.MqttError as group:
                 self._session_failed(group)
             else:
+                self._heart.idle()
                 return
-            if not await self._drain.pause(self._backoff.failed()):
+            wait = self._backoff.failed()
+            self._heart.busy(wait + self._cfg.mqtt.publish_timeout_s * 3 + 30.0)
+            if not await self._drain.pause(wait):
                 log.error(
                     "MQTT: giving up at shutdown, broker %s unreachable: %d scans not published",
                     self._where,
@@ -238,17 +244,20 @@ class MqttSink:
                 raise
 
     async def _inbound(self, client: aiomqtt.Client) -> None:
-        """Commands in, replies out; the iterator raises MqttError as soon as the link drops.
+        """Commands in, replies out; the iterator raises MqttError as soon as the link drops,
+        which is also how an idle session notices a lost broker.
 
         Subscribed after each connect (the session is clean). Commands are handled one at a
         time, in arrival order, so two commands on one loop apply in the order sent.
         """
         commands = self._commands
-        if commands is None:
-            return
         timeout_s = self._cfg.mqtt.publish_timeout_s
-        await client.subscribe(commands.subscription, qos=1, timeout=timeout_s)
+        if commands is not None:
+            await client.subscribe(commands.subscription, qos=1, timeout=timeout_s)
         async for message in client.messages:
+            if commands is None:
+                log.warning("MQTT: message on %s although nothing is subscribed", message.topic)
+                continue
             payload = message.payload
             if not isinstance(payload, bytes):
                 payload = b"" if payload is None else str(payload).encode()
@@ -259,7 +268,11 @@ class MqttSink:
         """Publish pending scans a window at a time; False if the drain deadline passed."""
         qos = self._cfg.mqtt.telemetry_qos
         timeout_s = self._cfg.mqtt.publish_timeout_s
-        while await self._cursor.wait():
+        while True:
+            self._heart.idle()  # waiting for scans is not hanging
+            if not await self._cursor.wait():
+                break
+            self._heart.busy(timeout_s * 3 + 30.0)  # a window of publishes, each timed out
             if self._drain.expired():
                 log.error("MQTT: drain deadline passed: %d scans not published", self.lag)
                 return False

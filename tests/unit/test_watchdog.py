@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from pathlib import Path
 
 import pytest
 
+from controller.hub import Hub
+from controller.journal import Journal
+from controller.poller import Poller
+from controller.tagstore import TagStore
 from controller.watchdog import Liveness, feed, watchdog_interval_s
+from drivers.sample import Sample
 
 
 class Clock:
@@ -78,3 +84,36 @@ async def test_feed_sends_watchdog_only_while_all_alive(
         await task
         server.close()
         path.unlink()
+
+
+class HangingDriver:
+    """A driver with a bug: its read never returns (no timeout of its own)."""
+
+    tags = ()
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+    async def read(self) -> list[Sample]:
+        self.entered.set()
+        await asyncio.Event().wait()
+        return []
+
+
+async def test_a_hanging_poller_is_reported_overdue() -> None:
+    """The poller promised to come round within 2 periods + budget; it does not."""
+    clock = Clock()
+    live = Liveness(clock)
+    driver = HangingDriver()
+    hub = Hub(TagStore([("dev", ())]), Journal(100))
+    poller = Poller("dev", driver, 1.0, hub, liveness=live, scan_budget_s=5.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(poller.run(stop))
+    await asyncio.wait_for(driver.entered.wait(), 5)
+    clock.now += 6.0
+    assert live.overdue() == []  # 2 x 1 s + 5 s not yet used up
+    clock.now += 2.0
+    assert live.overdue() == ["poll:dev"]
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
