@@ -13,14 +13,26 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
 from drivers.registermap import Frozen
 
-Verb = Literal["setpoint", "mode", "write"]
-VERBS: tuple[Verb, ...] = ("setpoint", "mode", "write")
+Verb = Literal[
+    "setpoint",
+    "mode",
+    "write",
+    "batch/start",
+    "batch/end",
+    "ack",
+    "shelve",
+    "unshelve",
+    "out_of_service",
+    "in_service",
+    "room_state",
+]
+VERBS: tuple[Verb, ...] = get_args(Verb)
 USER_ID = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 MIN_KEY_BYTES = 32  # as long as the HMAC-SHA256 output (RFC 2104 §3)
 _HEX = re.compile(r"^(?:[0-9a-fA-F]{2})+$")

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from controller import sdnotify
 from controller.access_config import UserKey, load_keys
 from controller.audit import AuditTrail, trail_path
+from controller.batches import BatchRegistry
 from controller.config import SiteConfig
 from controller.control_plane import ControlPlane, has_controls
 from controller.hub import Hub
@@ -112,8 +113,14 @@ class Daemon:
         self.devices: dict[str, DeviceRun] = {dev.id: self._device(dev) for dev in cfg.devices}
         units = _units(cfg)
         self.hub.store = _store(cfg, self.devices, units)
-        self.control = ControlPlane(cfg, self.store, _writers(self.devices), units, keys or {})
+        self.hub.config_id = source.sha256[:12] if source else None
         self.controls = has_controls(cfg)
+        self.batches = BatchRegistry(cfg.state.dir) if self.controls else None
+        if self.batches is not None:
+            self.hub.batches = self.batches.by_device
+        self.control = ControlPlane(
+            cfg, self.store, _writers(self.devices), units, keys or {}, batches=self.batches
+        )
         self.trail: AuditTrail | None = None
         self.sinks: dict[str, Sink] = {}
         if cfg.influx.url:
@@ -303,6 +310,7 @@ class Daemon:
             await self._audit_quietly(None, f"refused: {why}")
         else:
             self.source = ConfigSource(src.path, digest)
+            self.hub.config_id = digest[:12]
             log.info("reloaded %s: %s", src.path, summary)
             self.last_reload = f"accepted: {summary}"
             await self._audit_quietly(digest, f"accepted: {summary}", old=src.sha256)

@@ -17,6 +17,7 @@ from fnmatch import fnmatchcase
 from typing import Literal, Protocol
 
 from controller.access_config import AccessConfig, RoleConfig, UserKey
+from controller.command_actions import AlarmAction, BatchEnd, BatchStart, RoomState, new_value
 from controller.commands import (
     REQUEST_ID,
     Accepted,
@@ -66,6 +67,15 @@ class Plant(Protocol):
 
     def tag(self, tag: str) -> Target | None:
         """Limits and current value of a writable tag `device.tag`."""
+
+    def batch(self, device: str) -> tuple[bool, str | None]:
+        """Whether `device` exists, and the batch it runs (None: none)."""
+
+    def alarm(self, alarm: str) -> str | None:
+        """The alarm's ISA-18.2 state, or None for no such alarm."""
+
+    def room(self, room: str) -> str | None:
+        """The room's operational state, or None for no such room."""
 
 
 class NonceCache:
@@ -239,7 +249,35 @@ class Verifier:
             target = self._target(self._plant.tag(action.tag), "writable tag", action.tag)
             check_value(target, action.value, action.tag)
             return target.current, action.value
-        return self._mode_change(action)
+        if isinstance(action, Mode):
+            return self._mode_change(action)
+        return self._other(action)
+
+    def _other(
+        self, action: BatchStart | BatchEnd | AlarmAction | RoomState
+    ) -> tuple[Value, Value]:
+        """Batches, alarms and rooms: the object exists and is in a state that allows it."""
+        if isinstance(action, BatchStart | BatchEnd):
+            known, running = self._plant.batch(action.device)
+            if not known:
+                raise Refusal("unknown_object", f"there is no device {action.device!r}")
+            if isinstance(action, BatchStart) and running is not None:
+                raise Refusal(
+                    "batch_running", f"{action.device} runs batch {running}: end it first"
+                )
+            if isinstance(action, BatchEnd) and running != action.batch:
+                what = f"batch {running}" if running else "no batch"
+                raise Refusal("no_such_batch", f"{action.device} runs {what}, not {action.batch}")
+            return running, new_value(action)
+        if isinstance(action, AlarmAction):
+            state = self._plant.alarm(action.alarm)
+            if state is None:
+                raise Refusal("unknown_object", f"there is no alarm {action.alarm!r}")
+            return state, new_value(action)
+        room = self._plant.room(action.room)
+        if room is None:
+            raise Refusal("unknown_object", f"there is no room {action.room!r}")
+        return room, new_value(action)
 
     def _mode_change(self, action: Mode) -> tuple[Value, Value]:
         current = self._plant.mode(action.loop)
@@ -248,7 +286,7 @@ class Verifier:
         if action.manual_output is not None:
             target = self._target(self._plant.output(action.loop), "loop", action.loop)
             check_value(target, action.manual_output, f"output of {action.loop}")
-        return current, _new_value_of(action)
+        return current, new_value(action)
 
     @staticmethod
     def _target(target: Target | None, kind: str, name: str) -> Target:
@@ -354,15 +392,7 @@ def _audit(
 
 
 def _new_value(request: Request) -> Value:
-    return _new_value_of(request.action)
-
-
-def _new_value_of(action: Setpoint | Mode | Write) -> Value:
-    if not isinstance(action, Mode):
-        return action.value
-    if action.manual_output is None:
-        return action.mode
-    return f"manual (output {action.manual_output:g})"
+    return new_value(request.action)
 
 
 def _claimed(fields: Mapping[str, object], key: str) -> str | None:

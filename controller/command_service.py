@@ -54,11 +54,12 @@ class CommandService:
     @property
     def subscription(self) -> str:
         """The topic filter the MQTT sink subscribes for us."""
-        return f"{self._prefix}/cmd/+"
+        return f"{self._prefix}/cmd/#"  # verbs like batch/start have two levels
 
     async def handle(self, topic: str, payload: bytes) -> list[Message]:
         """The reply and audit events for one request (no reply when it had no request_id)."""
-        verb = topic.rsplit("/", 1)[-1]
+        head = f"{self._prefix}/cmd/"
+        verb = topic[len(head) :] if topic.startswith(head) else topic.rsplit("/", 1)[-1]
         now = self._clock()
         outcome = self._verifier.verify(verb, payload, now)
         out: list[Message] = []
@@ -70,12 +71,13 @@ class CommandService:
             return self._unaudited(outcome.request_id, now, exc)
         if isinstance(outcome, Accepted):
             try:
-                await self.plant.execute(outcome.request.action)
+                request = outcome.request
+                await self.plant.execute(request.action, request.user, request.reason)
             except ActionFailed as exc:
                 self.refused += 1
-                failed: SealFields = {**fields, "result": f"failed: {exc}"}
+                failed: SealFields = {**fields, "result": f"failed ({exc.code}): {exc}"}
                 out += await self._audit_quietly(failed)
-                return [*self._reply(outcome.request_id, now, False, "failed", str(exc)), *out]
+                return [*self._reply(outcome.request_id, now, False, exc.code, str(exc)), *out]
             self.accepted += 1
             log.info(
                 "command %s on %s by %s accepted", verb, outcome.request.object, fields["user"]

@@ -8,70 +8,49 @@ they may, is decided afterwards (`controller/authz.py`), signature first.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypedDict
 
 from controller.access_config import VERBS, Verb
+from controller.command_actions import (
+    VERB_FIELDS,
+    Action,
+    AlarmAction,
+    BatchEnd,
+    BatchStart,
+    Mode,
+    Refusal,
+    RoomState,
+    Setpoint,
+    Write,
+    kind,
+    parse_action,
+    text,
+)
 from controller.signing import SIG_HEX_LEN, JsonScalar
+
+__all__ = [
+    "Action",
+    "AlarmAction",
+    "BatchEnd",
+    "BatchStart",
+    "Mode",
+    "Refusal",
+    "RoomState",
+    "Setpoint",
+    "Write",
+]
 
 Value = float | str | None
 
 COMMON = ("request_id", "user", "reason", "ts", "nonce", "sig", "verb")
 OPTIONAL = ("client",)
-VERB_FIELDS: dict[str, tuple[str, ...]] = {
-    "setpoint": ("loop", "value"),
-    "mode": ("loop", "mode"),  # + manual_output when mode is manual
-    "write": ("tag", "value"),
-}
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")  # safe in a topic: no '/', '+', '#'
 NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 SIG = re.compile(rf"^[0-9a-fA-F]{{{SIG_HEX_LEN}}}$")
-OBJECT = re.compile(r"^(?=.{3,128}$)[A-Za-z0-9][A-Za-z0-9_-]*\.[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|\+00:00)$")
-MAX_TEXT = 500
-
-
-class Refusal(Exception):
-    """A request that is not carried out: a machine `code` and a `message` for a human.
-
-    Messages never contain the signature, a key or arbitrary payload text.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Setpoint:
-    """Move a loop's set-point to `value` (engineering units of its PV)."""
-
-    loop: str
-    value: float
-
-
-@dataclass(frozen=True)
-class Mode:
-    """Switch a loop to auto, or to manual with a fixed `manual_output`."""
-
-    loop: str
-    mode: Literal["auto", "manual"]
-    manual_output: float | None
-
-
-@dataclass(frozen=True)
-class Write:
-    """Write `value` to a writable tag `device.tag` outside any loop."""
-
-    tag: str
-    value: float
-
-
-Action = Setpoint | Mode | Write
 
 
 @dataclass(frozen=True)
@@ -91,8 +70,8 @@ class Request:
 
     @property
     def object(self) -> str:
-        """The loop or tag the request acts on."""
-        return self.action.tag if isinstance(self.action, Write) else self.action.loop
+        """The loop, tag, device, alarm or room the request acts on."""
+        return self.action.object
 
 
 class SealFields(TypedDict):
@@ -221,15 +200,15 @@ def parse(topic_verb: str, payload: bytes, max_bytes: int = 4096) -> Request:
         )
     _check_members(topic_verb, fields)
     return Request(
-        request_id=_text(fields, "request_id", REQUEST_ID, "8-64 letters, digits, '-' or '_'"),
-        user=_text(fields, "user", None, ""),
-        reason=_text(fields, "reason", None, ""),
+        request_id=text(fields, "request_id", REQUEST_ID, "8-64 letters, digits, '-' or '_'"),
+        user=text(fields, "user", None, ""),
+        reason=text(fields, "reason", None, ""),
         ts=_timestamp(fields),
-        nonce=_text(fields, "nonce", NONCE, "16-128 letters, digits, '-' or '_'"),
-        sig=_text(fields, "sig", SIG, f"{SIG_HEX_LEN} hex digits"),
+        nonce=text(fields, "nonce", NONCE, "16-128 letters, digits, '-' or '_'"),
+        sig=text(fields, "sig", SIG, f"{SIG_HEX_LEN} hex digits"),
         verb=topic_verb,  # narrowed by the `in VERBS` check above
-        client=_text(fields, "client", None, "") if "client" in fields else None,
-        action=_action(topic_verb, fields),
+        client=text(fields, "client", None, "") if "client" in fields else None,
+        action=parse_action(topic_verb, fields),
         fields=fields,
     )
 
@@ -248,10 +227,10 @@ def decode(payload: bytes, max_bytes: int = 4096) -> dict[str, JsonScalar]:
         where = f"line {exc.lineno}, column {exc.colno}"
         raise Refusal("malformed_json", f"malformed JSON at {where}: {exc.msg}") from None
     if not isinstance(obj, dict):
-        raise Refusal("malformed_json", f"the payload is a JSON {_kind(obj)}, not an object")
+        raise Refusal("malformed_json", f"the payload is a JSON {kind(obj)}, not an object")
     for key, value in obj.items():
         if isinstance(value, dict | list):
-            raise Refusal("bad_field", f"field {key[:40]!r} is a {_kind(value)}; no nesting")
+            raise Refusal("bad_field", f"field {key[:40]!r} is a {kind(value)}; no nesting")
     return obj
 
 
@@ -282,66 +261,16 @@ def _check_members(verb: str, fields: dict[str, JsonScalar]) -> None:
         raise Refusal("extra_field", f"unexpected field(s) for {verb}: {names}")
 
 
-def _text(
-    fields: dict[str, JsonScalar], key: str, pattern: re.Pattern[str] | None, rule: str
-) -> str:
-    value = fields[key]
-    if not isinstance(value, str):
-        raise Refusal("bad_field", f"{key} must be a string, not {_kind(value)}")
-    if pattern is not None and not pattern.fullmatch(value):
-        raise Refusal("bad_field", f"{key} must be {rule}")
-    if pattern is None and not (0 < len(value.strip()) <= MAX_TEXT):
-        raise Refusal("bad_field", f"{key} must be non-empty text of at most {MAX_TEXT} characters")
-    return value
-
-
-def _number(fields: dict[str, JsonScalar], key: str) -> float:
-    value = fields[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise Refusal("bad_field", f"{key} must be a number, not {_kind(value)}")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise Refusal("bad_field", f"{key} is too large for a double")
-    return number
-
-
-def _object(fields: dict[str, JsonScalar], key: str) -> str:
-    return _text(fields, key, OBJECT, "'device.name' (letters, digits, '-', '_', '.'; ≤ 128)")
-
-
 def _timestamp(fields: dict[str, JsonScalar]) -> datetime:
-    text = _text(fields, "ts", TS, "UTC ISO 8601 like 2026-11-22T08:00:42.123Z")
+    stamp = text(fields, "ts", TS, "UTC ISO 8601 like 2026-11-22T08:00:42.123Z")
     try:
-        return datetime.fromisoformat(text)
+        return datetime.fromisoformat(stamp)
     except ValueError:
         raise Refusal("bad_field", "ts is not a valid date and time") from None
 
 
-def _action(verb: str, fields: dict[str, JsonScalar]) -> Action:
-    if verb == "setpoint":
-        return Setpoint(_object(fields, "loop"), _number(fields, "value"))
-    if verb == "write":
-        return Write(_object(fields, "tag"), _number(fields, "value"))
-    mode = fields["mode"]
-    if mode == "auto":
-        if "manual_output" in fields:
-            raise Refusal("extra_field", "manual_output is only allowed with mode manual")
-        return Mode(_object(fields, "loop"), "auto", None)
-    if mode == "manual":
-        return Mode(_object(fields, "loop"), "manual", _number(fields, "manual_output"))
-    raise Refusal("bad_field", "mode must be 'auto' or 'manual'")
-
-
-def _kind(value: object) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), "number")
-
-
 def _short(value: object) -> str:
-    return repr(value[:40]) if isinstance(value, str) else _kind(value)
+    return repr(value[:40]) if isinstance(value, str) else kind(value)
 
 
 def _known() -> str:

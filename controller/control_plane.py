@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 
 from controller.access_config import AccessConfig, UserKey
 from controller.authz import Verifier
+from controller.batches import BatchRegistry
 from controller.command_service import CommandService
 from controller.config import SiteConfig
 from controller.loops import LoopGroup, Writer, groups_of
-from controller.plant import LoopPlant
+from controller.plant import AlarmDesk, LoopPlant
 from controller.tagstore import TagStore
 
 
@@ -34,9 +35,13 @@ class ControlPlane:
         writers: Mapping[str, Writer],
         units: Mapping[str, str],
         keys: Mapping[str, UserKey],
+        *,
+        batches: BatchRegistry | None = None,
     ) -> None:
+        self.batches = batches
+        self.alarms: AlarmDesk | None = None
         self.groups: list[LoopGroup] = groups_of(cfg.loop_groups, cfg.loops, store, writers, units)
-        self.plant = LoopPlant(self.groups, cfg.command_tags, store, writers)
+        self.plant = self._plant(cfg, store, writers)
         self.commands: CommandService | None = None
         self._verifier: Verifier | None = None
         if has_controls(cfg):
@@ -59,11 +64,23 @@ class ControlPlane:
         for group in self.groups:
             for predecessor in {by_loop[lp.id] for lp in group.loops if lp.id in by_loop}:
                 predecessor.keep |= group.adopt(predecessor)
-        self.plant = LoopPlant(self.groups, cfg.command_tags, store, writers)
+        self.plant = self._plant(cfg, store, writers)
         if self._verifier is not None and self.commands is not None:
             self._verifier.reconfigure(_access(cfg), keys, self.plant)
             self.commands.plant = self.plant
         return old
+
+    def _plant(self, cfg: SiteConfig, store: TagStore, writers: Mapping[str, Writer]) -> LoopPlant:
+        devices = frozenset(dev.id for dev in cfg.devices)
+        return LoopPlant(
+            self.groups,
+            cfg.command_tags,
+            store,
+            writers,
+            batches=self.batches,
+            devices=devices,
+            alarms=self.alarms,
+        )
 
 
 def _access(cfg: SiteConfig) -> AccessConfig:

@@ -7,9 +7,13 @@ here without touching pollers or sinks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from controller.journal import Journal
 from controller.tagstore import TagStore
 from drivers.sample import Scan
+
+NO_BATCHES: Mapping[str, str] = {}
 
 
 class Hub:
@@ -19,6 +23,8 @@ class Hub:
         self.store = store
         self.journal = journal
         self.scans = 0
+        self.config_id: str | None = None  # short hash of the site file in force
+        self.batches: Mapping[str, str] = NO_BATCHES  # device -> running batch id
 
     def publish(self, scan: Scan) -> int:
         """Record a scan; returns its journal sequence number.
@@ -28,7 +34,7 @@ class Hub:
         if not scan.backfill:
             self.store.update(scan)
         self.scans += 1
-        return self.journal.append(scan)
+        return self.journal.append(self._stamp(scan))
 
     def latest(self, scan: Scan) -> None:
         """Update the latest values only: a record driver's state, which is not a record."""
@@ -37,4 +43,14 @@ class Hub:
     def record(self, scan: Scan) -> int:
         """Journal a device's own record (it may carry a subset of the device's tags)."""
         self.scans += 1
-        return self.journal.append(scan)
+        return self.journal.append(self._stamp(scan))
+
+    def _stamp(self, scan: Scan) -> Scan:
+        """The batch its device runs now and the config in force, when there are any.
+
+        A loop's stream (`br-1.temp`) belongs to the device before the dot.
+        """
+        batch = self.batches.get(scan.device.split(".", 1)[0]) if self.batches else None
+        if batch is None and self.config_id is None:
+            return scan
+        return scan._replace(batch=batch, config=self.config_id)

@@ -100,8 +100,11 @@ class LineFormatter:
         head = self._heads.get(scan.device)
         if head is None:
             raise ValueError(f"scan from device {scan.device!r}, which is not in the site config")
+        batch = batch or scan.batch
         if batch:
             head = f"{head},batch={escape_key(batch)}"
+        if scan.config:
+            head = f"{head},config={scan.config}"
         fields = ",".join([self._fields(s) for s in scan.samples])
         return f"{head} {fields} {int(scan.t_scan_ns)}"
 

@@ -9,9 +9,20 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from controller.authz import Limits, Target
-from controller.commands import Action, Mode, Setpoint, Write
+from controller.batches import BatchRefused, BatchRegistry
+from controller.commands import (
+    Action,
+    AlarmAction,
+    BatchEnd,
+    BatchStart,
+    Mode,
+    RoomState,
+    Setpoint,
+    Write,
+)
 from controller.loops import LoopGroup, Writer
 from controller.loops_config import CommandTag, LoopConfig, split
 from controller.tagstore import TagStore
@@ -19,6 +30,24 @@ from controller.tagstore import TagStore
 
 class ActionFailed(Exception):
     """An accepted action that could not be carried out (a device refused the write)."""
+
+    def __init__(self, message: str, code: str = "failed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AlarmDesk(Protocol):
+    """What commands need of the alarm engine (controller/alarms)."""
+
+    def state(self, alarm: str) -> str | None: ...
+
+    def operate(self, action: AlarmAction, user: str, reason: str) -> None:
+        """Carry out ack/shelve/...; raises ValueError with a reason when not allowed."""
+        ...
+
+    def room_state(self, room: str) -> str | None: ...
+
+    def set_room_state(self, action: RoomState, user: str) -> None: ...
 
 
 class LoopPlant:
@@ -31,7 +60,14 @@ class LoopPlant:
         store: TagStore,
         writers: Mapping[str, Writer],
         write_timeout_s: float = 2.0,
+        *,
+        batches: BatchRegistry | None = None,
+        devices: frozenset[str] = frozenset(),
+        alarms: AlarmDesk | None = None,
     ) -> None:
+        self.batches = batches
+        self.alarms = alarms
+        self._devices = devices
         self._groups = {loop.id: g for g in groups for loop in g.loops}
         self._loops: dict[str, LoopConfig] = {loop.id: loop for g in groups for loop in g.loops}
         self._tags = {t.tag: t for t in command_tags}
@@ -69,9 +105,28 @@ class LoopPlant:
         current = value if value is not None and math.isfinite(value) else None
         return Target(Limits(cfg.min, cfg.max, cfg.max_step), current)
 
-    async def execute(self, action: Action) -> None:
-        """Carry out an accepted action; raises ActionFailed when a device refuses."""
-        if isinstance(action, Setpoint):
+    def batch(self, device: str) -> tuple[bool, str | None]:
+        """Whether the device exists and which batch it runs."""
+        if device not in self._devices or self.batches is None:
+            return False, None
+        running = self.batches.running(device)
+        return True, None if running is None else running.batch
+
+    def alarm(self, alarm: str) -> str | None:
+        """The alarm's state (None: no such alarm, or no alarm engine)."""
+        return None if self.alarms is None else self.alarms.state(alarm)
+
+    def room(self, room: str) -> str | None:
+        """The room's operational state (None: no such room)."""
+        return None if self.alarms is None else self.alarms.room_state(room)
+
+    async def execute(self, action: Action, user: str = "", reason: str = "") -> None:
+        """Carry out an accepted action; raises ActionFailed when it cannot be done."""
+        if isinstance(action, BatchStart | BatchEnd):
+            self._batch(action, user)
+        elif isinstance(action, AlarmAction | RoomState):
+            self._alarm(action, user, reason)
+        elif isinstance(action, Setpoint):
             self._groups[action.loop].set_setpoint(action.loop, action.value)
         elif isinstance(action, Mode):
             group = self._groups[action.loop]
@@ -90,3 +145,34 @@ class LoopPlant:
             raise ActionFailed(f"write {name} timed out after {self._timeout_s} s") from None
         except (ValueError, RuntimeError, OSError) as exc:
             raise ActionFailed(str(exc) or type(exc).__name__) from None
+
+    def _batch(self, action: BatchStart | BatchEnd, user: str) -> None:
+        if self.batches is None:
+            raise ActionFailed("batches are not kept by this daemon", "unknown_object")
+        try:
+            if isinstance(action, BatchStart):
+                self.batches.start(
+                    action.device,
+                    action.batch,
+                    action.product,
+                    action.phase,
+                    user=user,
+                    known=set(self._devices),
+                )
+            else:
+                self.batches.end(action.device, action.batch, user)
+        except BatchRefused as exc:
+            raise ActionFailed(exc.message, exc.code) from None
+        except OSError as exc:
+            raise ActionFailed(f"the batch record cannot be written: {exc}") from None
+
+    def _alarm(self, action: AlarmAction | RoomState, user: str, reason: str) -> None:
+        if self.alarms is None:
+            raise ActionFailed("there is no alarm engine", "unknown_object")
+        try:
+            if isinstance(action, RoomState):
+                self.alarms.set_room_state(action, user)
+            else:
+                self.alarms.operate(action, user, reason)
+        except ValueError as exc:
+            raise ActionFailed(str(exc), "not_allowed_now") from None

@@ -55,12 +55,16 @@ class Scan(NamedTuple):
     The scan time is what InfluxDB and MQTT both carry, so the two records of one scan have
     the same timestamp (docs/influx.md, docs/mqtt.md). `backfill` marks a record read back
     from a device's own buffer after an outage: its time is the device's, in the past.
+    `batch` is the batch the device was running when the scan was taken, `config` the
+    short hash of the site file it was taken under; both are stamped by the hub.
     """
 
     device: str
     t_scan_ns: int
     samples: tuple[Sample, ...]
     backfill: bool = False
+    batch: str | None = None
+    config: str | None = None
 
 
 def utc_now_ns() -> int:

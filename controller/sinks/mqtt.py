@@ -83,6 +83,10 @@ def telemetry_payload(seq: int, scan: Scan, device_class: str, area: str) -> byt
     }
     if scan.backfill:
         message["backfill"] = True  # read back from the device's buffer after an outage
+    if scan.batch:
+        message["batch"] = scan.batch
+    if scan.config:
+        message["config"] = scan.config
     return _dumps(message)
 
 

@@ -98,7 +98,10 @@ key_file = "victor.key"
 
 [[roles]]
 name = "operator"
-allow = [{{ verbs = ["setpoint", "mode", "write"], objects = ["br-1.*"] }}]
+allow = [
+  {{ verbs = ["setpoint", "mode", "write"], objects = ["br-1.*"] }},
+  {{ verbs = ["batch/start", "batch/end"], objects = ["br-*"] }},
+]
 
 [[roles]]
 name = "viewer"
@@ -392,3 +395,38 @@ async def test_reload_keeps_the_commanded_set_point_and_control(floor: Floor) ->
     )
     assert reply["ok"] is True, reply  # commands reach the new group
     await until(floor, lambda: floor.value("br-1.temp", "sp_target") == 37.0, 5, "new sp")
+
+
+async def test_batch_context_is_stamped_on_every_reading(floor: Floor) -> None:
+    """batch/start: the device's and its loop's telemetry carry the batch; batch/end stops it."""
+    start = {"device": "br-1", "batch": "LOT-2026-0042", "product": "CAR-T", "phase": "expansion"}
+    topic = f"{floor.prefix}/telemetry/#"
+    async with MqttCollector(HOST, floor.broker.port, topic) as telemetry:
+        reply = await floor.send(floor.request("alice", "batch/start", start))
+        assert reply["ok"] is True, reply
+        since = len(telemetry.messages)
+        dev = await telemetry.wait_for(lambda m: m.topic.endswith("/br-1"), since=since + 2)
+        loop = await telemetry.wait_for(lambda m: m.topic.endswith("/br-1.temp"), since=since + 2)
+        assert dev.json()["batch"] == loop.json()["batch"] == "LOT-2026-0042"
+        again = await floor.send(floor.request("alice", "batch/start", start | {"batch": "LOT-9"}))
+        assert again["code"] == "batch_running"
+        wrong = await floor.send(
+            floor.request("alice", "batch/end", {"device": "br-1", "batch": "LOT-9"})
+        )
+        assert wrong["code"] == "no_such_batch"
+        end = {"device": "br-1", "batch": "LOT-2026-0042"}
+        assert (await floor.send(floor.request("alice", "batch/end", end)))["ok"] is True
+        since = len(telemetry.messages)
+        after = await telemetry.wait_for(lambda m: m.topic.endswith("/br-1"), since=since + 2)
+        assert "batch" not in after.json()
+    name = await floor.send(floor.request("alice", "batch/start", start | {"batch": "Jane Doe"}))
+    assert name["code"] == "bad_field"  # a lot id, never a patient's name
+    history = [ln.record for ln in read_lines(trail_path(floor.cfg.state.dir)) if ln.record]
+    actions = [r.action for r in history if r.action.startswith("cmd.batch")]
+    assert actions == [
+        "cmd.batch/start",
+        "cmd.batch/start",
+        "cmd.batch/end",
+        "cmd.batch/end",
+        "cmd.batch/start",
+    ]

@@ -258,3 +258,15 @@ def test_agrees_with_influxdb_client_point(area: str, tag: str) -> None:
     )
     assert ours is not None
     assert parse_line(ours) == parse_line(point)
+
+
+def test_scan_stamps_batch_and_config_as_tags() -> None:
+    """A scan stamped by the hub carries its batch and the config hash it was taken under."""
+    fmt = LineFormatter(site())
+    stamped = scan(good("t", 1.0))._replace(batch="LOT-7", config="0123456789ab")
+    _, tags, _, _ = only(fmt.lines([stamped]))
+    assert tags["batch"] == "LOT-7"
+    assert tags["config"] == "0123456789ab"
+    _, tags, _, _ = only(fmt.lines([scan(good("t", 1.0))]))
+    assert "batch" not in tags
+    assert "config" not in tags
