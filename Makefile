@@ -20,8 +20,8 @@ test: system-deps node-deps $(BIN)/.installed-test lint
 	CI=$${CI:-} $(BIN)/pytest
 
 lint: $(BIN)/.installed-test
-	$(BIN)/ruff check controller drivers simulators config tests bench
-	$(BIN)/ruff format --check controller drivers simulators config tests bench
+	$(BIN)/ruff check controller drivers simulators config tests bench docs/step_responses.py
+	$(BIN)/ruff format --check controller drivers simulators config tests bench docs/step_responses.py
 	$(BIN)/mypy
 
 system-deps:

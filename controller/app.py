@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from controller.audit import AuditTrail, trail_path
 from controller.batches import BatchRegistry
 from controller.config import SiteConfig
 from controller.control_plane import ControlPlane, has_controls
+from controller.health import publish_health
 from controller.hub import Hub
 from controller.journal import Journal
 from controller.loops import LoopGroup, Writer, loop_tags
@@ -38,6 +40,7 @@ from controller.watchdog import Liveness, feed, watchdog_interval_s
 from drivers.base import Driver
 from drivers.registry import AnyDeviceConfig, make_driver
 from drivers.rtubus import RtuBus
+from drivers.sample import utc_now_ns
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +205,13 @@ class Daemon:
                     self._start_group(group)
                 tg.create_task(self._announce_ready(), name="ready")
                 tg.create_task(self._reloads(stop), name="reload")
+                mqtt = self.sinks.get("mqtt")
+                if isinstance(mqtt, MqttSink):
+                    post = functools.partial(mqtt.set_state, "health")
+                    period = self.cfg.mqtt.health_period_s
+                    tg.create_task(
+                        publish_health(self, post, period, stop, utc_now_ns), name="health"
+                    )
                 interval = watchdog_interval_s()
                 if interval is not None:
                     tg.create_task(feed(self.liveness, interval, stop), name="watchdog")

@@ -51,6 +51,7 @@ class MqttSection(Frozen):
     publish_timeout_s: float = Field(default=5.0, gt=0.0)
     reconnect_min_s: float = Field(default=0.5, gt=0.0)
     reconnect_max_s: float = Field(default=30.0, gt=0.0)
+    health_period_s: float = Field(default=10.0, ge=1.0, le=3600.0, description="<prefix>/health")
 
     @field_validator("url")
     @classmethod

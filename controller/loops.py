@@ -149,19 +149,25 @@ class LoopGroup:
             out.append(Scan(loop.id, t_ns, samples))
         return out
 
-    def prime(self) -> None:
+    def prime(self) -> list[int]:
         """Start each loop from its actuator's present output where the device reports it.
 
         Taking over a heater at 40 % from a device's own controller and writing 0 % first
-        would be a bump; the integrator starts where the output is instead.
+        would be a bump. A loop whose actuator reports its output (`readback`, else the
+        output tag itself) starts in manual at that output for its first tick and goes to
+        auto after it, which the core makes bumpless. Returns the loops to switch back.
         """
-        store, state, p = self._store, self.state, self.params
+        store, p = self._store, self.params
+        back = []
         for i, loop in enumerate(self.loops):
-            j = store.index.get(split(loop.output))
+            j = store.index.get(split(loop.readback or loop.output))
             if j is None or store.quality[j] != Quality.GOOD:
                 continue
             value = min(max(float(store.value[j]), float(p.out_min[i])), float(p.out_max[i]))
-            state.u[i] = state.i[i] = state.manual_output[i] = value
+            if self.state.auto[i]:
+                back.append(i)
+            set_mode(self.state, p, [i], False, value)
+        return back
 
     # --- schedule ---------------------------------------------------------------------
     async def run(
@@ -171,7 +177,7 @@ class LoopGroup:
 
         Call it once the loops' devices have been read once, so the first tick has PVs.
         """
-        self.prime()
+        primed = self.prime()
         period = self.cfg.period_s
         heart = Heart(liveness, f"loops:{self.cfg.id}")
         tick_budget = self.cfg.write_timeout_s * (self.cfg.write_retries + 1) * 2 + 30.0
@@ -183,6 +189,9 @@ class LoopGroup:
                 await self.write(terms)
                 for scan in self.scans(terms, utc_now_ns()):
                     hub.publish(scan)
+                if primed:  # the first tick held the present output: now auto, bumplessly
+                    set_mode(self.state, self.params, primed, True)
+                    primed = []
                 self.ticks += 1
                 due += period
                 behind = time.monotonic() - due

@@ -64,6 +64,8 @@ def loop_problems(
         problems += _tag(tags, loop.output, f"{at}.output", writable=True)
         if loop.takeover is not None:
             problems += _tag(tags, loop.takeover.tag, f"{at}.takeover.tag", writable=True)
+        if loop.readback is not None:
+            problems += _tag(tags, loop.readback, f"{at}.readback", writable=False)
         written = [("output", loop.output)]
         if loop.takeover is not None:
             written.append(("takeover.tag", loop.takeover.tag))

@@ -67,6 +67,11 @@ class LoopConfig(LoopSettings):
     pv: str = Field(pattern=OBJECT_PATTERN, description="device.tag of the measurement")
     output: str = Field(pattern=OBJECT_PATTERN, description="device.tag written, writable")
     takeover: Takeover | None = None
+    readback: str | None = Field(
+        default=None,
+        pattern=OBJECT_PATTERN,
+        description="device.tag where the actuator reports its present output (takeover start)",
+    )
     sp_min: float = Field(allow_inf_nan=False, description="lowest set point a command may set")
     sp_max: float = Field(allow_inf_nan=False)
     sp_max_step: float | None = Field(

@@ -56,6 +56,19 @@ class Driver(Protocol):
         ...
 
 
+class Writer(Protocol):
+    """A driver that can write a value to its device (set points, remote demands).
+
+    Raises ValueError when the tag is unknown, not writable or the value cannot be encoded
+    (nothing was sent), RuntimeError when the device refuses, does not answer or is not
+    connected; the message names the device and the tag. Never reconnects by itself.
+    """
+
+    async def write(self, tag: str, value: float) -> None:
+        """Write one value to one tag of the device."""
+        ...
+
+
 class Record(NamedTuple):
     """A measurement the device itself timestamped (a particle-count sample, a cell count).
 

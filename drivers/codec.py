@@ -45,19 +45,41 @@ def decode(spec: RegisterSpec, regs: Sequence[int]) -> float:
     return float(raw) * spec.scale + spec.offset
 
 
+RAW_RANGES: dict[str, tuple[int, int]] = {
+    "u16": (0, 0xFFFF),
+    "s16": (-0x8000, 0x7FFF),
+    "u32": (0, 0xFFFF_FFFF),
+    "s32": (-0x8000_0000, 0x7FFF_FFFF),
+}
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def encode(spec: RegisterSpec, value: float) -> list[int]:
-    """Registers for an engineering value: the inverse of `decode` (simulators, writes)."""
+    """Registers for an engineering value: the inverse of `decode` (simulators, writes).
+
+    Raises ValueError, naming the tag, for a value the type cannot hold: out of an integer
+    type's range after scale/offset, NaN or inf in an integer, beyond float32's range.
+    NaN and inf stay encodable as float32 (a probe that is not ready sends NaN).
+    """
     raw = (value - spec.offset) / spec.scale
     if spec.type == "float32":
+        if math.isfinite(raw) and abs(raw) > FLOAT32_MAX:
+            raise ValueError(f"{spec.tag}: {value} does not fit float32")
         hi, lo = struct.unpack(">HH", struct.pack(">f", raw))
-    elif spec.words == 2:
+        return [hi, lo] if spec.word_order == "big" else [lo, hi]
+    low, high = RAW_RANGES[spec.type]
+    if not math.isfinite(raw) or not low <= round(raw) <= high:
+        raise ValueError(
+            f"{spec.tag}: {value} does not fit {spec.type} "
+            f"(raw {raw:g} outside {low}..{high} after scale/offset)"
+        )
+    if spec.words == 2:
         fmt = ">i" if spec.type == "s32" else ">I"
         hi, lo = struct.unpack(">HH", struct.pack(fmt, round(raw)))
-    else:
-        fmt = ">h" if spec.type == "s16" else ">H"
-        (word,) = struct.unpack(">H", struct.pack(fmt, round(raw)))
-        return [word]
-    return [hi, lo] if spec.word_order == "big" else [lo, hi]
+        return [hi, lo] if spec.word_order == "big" else [lo, hi]
+    fmt = ">h" if spec.type == "s16" else ">H"
+    (word,) = struct.unpack(">H", struct.pack(fmt, round(raw)))
+    return [word]
 
 
 def _unsigned(spec: RegisterSpec, regs: Sequence[int]) -> int:

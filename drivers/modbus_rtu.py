@@ -10,18 +10,36 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
-from typing import Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from drivers.base import DeviceBase
 from drivers.modbus_reader import MapScanner
+from drivers.modbus_writer import RegisterWriter
 from drivers.registermap import RegisterMap, RegisterSpec
 from drivers.rtubus import RtuBus
 from drivers.sample import Sample
+from simulators.config import IncubatorSimConfig
 from simulators.dp_cascade import DpTransmitterSimConfig
 
 log = logging.getLogger(__name__)
+
+RTU_INCUBATOR_FAULTS = frozenset({"nan", "no_response", "exception"})  # per slave on a pty
+
+
+def _sim_model(value: Any) -> str:
+    """The simulator table's `model`; ΔP transmitter when omitted (older configs)."""
+    if isinstance(value, dict):
+        return str(value.get("model", "dp_transmitter"))
+    return str(getattr(value, "model", "dp_transmitter"))
+
+
+RtuSimConfig = Annotated[
+    Annotated[DpTransmitterSimConfig, Tag("dp_transmitter")]
+    | Annotated[IncubatorSimConfig, Tag("co2_incubator")],
+    Discriminator(_sim_model),
+]
 
 
 class ModbusRtuConfig(DeviceBase):
@@ -39,8 +57,10 @@ class ModbusRtuConfig(DeviceBase):
     )
     register_map: RegisterMap | None = Field(default=None, description="inline map")
     max_gap_registers: int = Field(default=0, ge=0, le=124)
-    simulator: DpTransmitterSimConfig | None = Field(
-        default=None, description="served by the simulator of its bus (`cellfab simulate`)"
+    simulator: RtuSimConfig | None = Field(
+        default=None,
+        description="served by the simulator of its bus (`cellfab simulate`); `model` "
+        "dp_transmitter (the default) or co2_incubator",
     )
 
     @model_validator(mode="after")
@@ -51,6 +71,10 @@ class ModbusRtuConfig(DeviceBase):
             units = {r.device_id for r in self.register_map.registers}
             if len(units) > 1:
                 raise ValueError(f"an RTU map describes one slave; it names units {sorted(units)}")
+        if isinstance(self.simulator, IncubatorSimConfig):
+            wrong = sorted({f.kind for f in self.simulator.faults} - RTU_INCUBATOR_FAULTS)
+            if wrong:
+                raise ValueError(f"faults {wrong} are not simulated on an RS-485 line")
         return self
 
     @property
@@ -72,6 +96,7 @@ class ModbusRtuDriver:
         self._cfg = cfg
         self._bus = bus
         self._map = MapScanner(cfg.registers, cfg.max_gap_registers, log, f"device {cfg.id}")
+        self._writer = RegisterWriter(cfg.registers, f"device {cfg.id}")
         self._view = bus.view(cfg.unit_id)
 
     @property
@@ -104,3 +129,21 @@ class ModbusRtuDriver:
         # timeout per backoff period; the bus logs the slave's and the port's transitions.
         samples, _ = await self._map.scan(self._view, self._bus.cfg.timeout_s)
         return samples
+
+    async def write(self, tag: str, value: float) -> None:
+        """Write one holding register tag (FC 6/16), in turn with every request on the line.
+
+        ValueError: not a writable tag, or a value its register cannot hold;
+        RuntimeError: slave backed off, port not open, no reply, or a Modbus exception
+        reply (named). A write never opens the port: the poll path does.
+        """
+        spec, registers = self._writer.prepare(tag, value)
+        bus = self._bus
+        await self._writer.write(
+            self._view,
+            spec,
+            registers,
+            value=value,
+            timeout_s=bus.cfg.timeout_s,
+            queued=bus.queue_depth,
+        )

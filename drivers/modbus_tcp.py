@@ -19,6 +19,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from drivers.backoff import Backoff
 from drivers.base import DeviceBase
 from drivers.modbus_reader import MapScanner
+from drivers.modbus_writer import RegisterWriter
 from drivers.registermap import RegisterMap, RegisterSpec
 from drivers.sample import Sample
 from drivers.transitions import TransitionLog
@@ -60,6 +61,7 @@ class ModbusTcpDriver:
     def __init__(self, cfg: ModbusTcpConfig, rng: random.Random | None = None) -> None:
         self._cfg = cfg
         self._map = MapScanner(cfg.registers, cfg.max_gap_registers, log, f"device {cfg.id}")
+        self._writer = RegisterWriter(cfg.registers, f"device {cfg.id}")
         self._client: AsyncModbusTcpClient | None = None
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng)
         self._link = TransitionLog(log, f"device {cfg.id}")
@@ -98,6 +100,20 @@ class ModbusTcpDriver:
         else:
             self._link.ok("link")
         return samples
+
+    async def write(self, tag: str, value: float) -> None:
+        """Write one holding register tag (FC 6/16); never reconnects (`read()` does that).
+
+        ValueError: not a writable tag, or a value its register cannot hold;
+        RuntimeError: not connected, no reply, or a Modbus exception reply (named).
+        """
+        spec, registers = self._writer.prepare(tag, value)
+        client = self._client
+        if client is None or not client.connected:
+            raise RuntimeError(f"device {self._cfg.id}: write {tag} failed: not connected")
+        await self._writer.write(
+            client, spec, registers, value=value, timeout_s=self._cfg.timeout_s
+        )
 
     async def _connected_client(self) -> AsyncModbusTcpClient | str:
         """The live client, or the reason why there is none right now."""

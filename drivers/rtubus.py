@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
@@ -86,6 +86,31 @@ class BusClient(Protocol):
     def read_input_registers(
         self, address: int, *, count: int, device_id: int
     ) -> Awaitable[Any]: ...
+
+    def write_register(self, address: int, value: int, *, device_id: int) -> Awaitable[Any]: ...
+
+    def write_registers(
+        self, address: int, values: Sequence[int], *, device_id: int
+    ) -> Awaitable[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One request on the line: a read (FC 3/4, `count` registers) or a write (FC 6/16)."""
+
+    function: int
+    address: int
+    count: int
+    values: tuple[int, ...] = ()
+
+    def send(self, client: BusClient, unit: int) -> Awaitable[Any]:
+        """The pymodbus call for this frame."""
+        if self.function == 6:
+            return client.write_register(self.address, self.values[0], device_id=unit)
+        if self.function == 16:
+            return client.write_registers(self.address, self.values, device_id=unit)
+        read = client.read_holding_registers if self.function == 3 else client.read_input_registers
+        return read(self.address, count=self.count, device_id=unit)
 
 
 def serial_client(cfg: RtuBusConfig) -> BusClient:
@@ -189,7 +214,7 @@ class RtuBus:
         return None
 
     def view(self, unit: int) -> SlaveView:
-        """A client-like handle for one unit id, for drivers.modbus_reader.read_plan."""
+        """A client-like handle for one unit id (reads for read_plan, writes for the writer)."""
         return SlaveView(self, unit)
 
     async def __aenter__(self) -> Self:
@@ -209,31 +234,41 @@ class RtuBus:
         ModbusIOException: the slave did not answer (it is backed off) or is backed off;
         ConnectionException: the port is closed or failed (it is reopened with backoff).
         """
+        return await self._in_turn(unit, Frame(function, address, count), open_port=True)
+
+    async def write(self, address: int, values: Sequence[int], unit: int) -> Any:
+        """One FC 6 (one register) or FC 16 (more) write, in turn with the reads.
+
+        Raises as `request` does, and ConnectionException while the port is closed: a
+        write never opens the port, the next poll does.
+        """
+        frame = Frame(6 if len(values) == 1 else 16, address, len(values), tuple(values))
+        return await self._in_turn(unit, frame, open_port=False)
+
+    async def _in_turn(self, unit: int, frame: Frame, *, open_port: bool) -> Any:
         stats = self.stats(unit)
         self._waiting += 1
         try:
             async with self._lock:
                 reason = self.unavailable(unit)  # may have changed while we queued
+                if reason is None and not open_port and not self.port_open:
+                    reason = f"disconnected: port {self._cfg.port} is not open"
                 if reason is not None:
                     stats.skipped += 1
                     exc_type = ModbusIOException if stats.backed_off else ConnectionException
                     raise exc_type(reason)
                 client = await self._open()
                 await self._keep_gap()
-                return await self._send(client, stats, unit, (function, address, count))
+                return await self._send(client, stats, unit, frame)
         finally:
             self._waiting -= 1
 
-    async def _send(
-        self, client: BusClient, stats: SlaveStats, unit: int, what: tuple[int, int, int]
-    ) -> Any:
-        function, address, count = what
-        call = client.read_holding_registers if function == 3 else client.read_input_registers
+    async def _send(self, client: BusClient, stats: SlaveStats, unit: int, frame: Frame) -> Any:
         stats.requests += 1
         try:
             # pymodbus times the request out itself; this guards against the library hanging
             async with asyncio.timeout(self._cfg.timeout_s * 2 + 0.5):
-                reply = await call(address, count=count, device_id=unit)
+                reply = await frame.send(client, unit)
         except (ModbusIOException, TimeoutError) as exc:
             if not client.connected:  # the port died under the request: not the slave's fault
                 self._port_failed(f"port {self._cfg.port} failed")
@@ -308,6 +343,14 @@ class SlaveView:
     async def read_input_registers(self, address: int, *, count: int, device_id: int) -> Any:
         """FC 4 through the bus (device_id must be this view's unit)."""
         return await self._bus.request(4, address, count, self._checked(device_id))
+
+    async def write_register(self, address: int, value: int, *, device_id: int) -> Any:
+        """FC 6 through the bus, on an open port only."""
+        return await self._bus.write(address, [value], self._checked(device_id))
+
+    async def write_registers(self, address: int, values: Sequence[int], *, device_id: int) -> Any:
+        """FC 16 (FC 6 for a single register) through the bus, on an open port only."""
+        return await self._bus.write(address, values, self._checked(device_id))
 
     def _checked(self, device_id: int) -> int:
         if device_id != self._unit:

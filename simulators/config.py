@@ -61,6 +61,12 @@ class IncubatorSimConfig(Frozen):
     door_open_s: float = Field(default=20.0, ge=0.0)
     probe_warmup_s: float = Field(default=10.0, ge=0.0, description="probe sends NaN until then")
     operating_hours_h: float = Field(default=8760.0, ge=0.0, description="hours run at start")
+    remote_timeout_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        le=86400.0,
+        description="sim s without a demand write before an output goes back to local auto",
+    )
     faults: tuple[FaultSpec, ...] = ()
 
     @model_validator(mode="after")

@@ -28,11 +28,23 @@ SETPOINT_LIMITS: dict[str, tuple[float, float]] = {
     "temp_alarm_low": (0.0, 50.0),
     "co2_alarm_high": (0.0, 20.0),
     "co2_alarm_low": (0.0, 20.0),
+    "temp_local_auto": (0.0, 1.0),
+    "heater_demand": (0.0, 100.0),
+    "co2_local_auto": (0.0, 1.0),
+    "co2_valve_demand": (0.0, 100.0),
 }
+SWITCHES = frozenset({"temp_local_auto", "co2_local_auto"})  # 0 remote, 1 local auto only
 # The incubator's own alarm limits (its on-board over/under-temperature and CO2 alarms),
 # as deviations from the set points at power-up; writable like the set points.
 DEFAULT_ALARM_BAND = {"temp": 1.0, "co2": 1.0}
-ALARM_BITS = {"temp_high": 0, "temp_low": 1, "co2_high": 2, "co2_low": 3, "door_open": 4}
+ALARM_BITS = {
+    "temp_high": 0,
+    "temp_low": 1,
+    "co2_high": 2,
+    "co2_low": 3,
+    "door_open": 4,
+    "remote_lost": 5,  # an output went back to local auto: its demand was not refreshed
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +78,8 @@ def check_setpoint(tag: str, value: float) -> None:
     low, high = SETPOINT_LIMITS[tag]
     if not low <= value <= high:  # also rejects NaN
         raise ValueError(f"{tag} {value} outside {low}..{high}")
+    if tag in SWITCHES and value not in {0.0, 1.0}:
+        raise ValueError(f"{tag} {value}: 0 (remote) or 1 (local auto) only")
 
 
 def relax(x: float, x_eq: float, rate_per_s: float, dt: float) -> float:
@@ -85,6 +99,11 @@ def pi_step(
     if not ((unclamped >= 100.0 and error > 0.0) or (unclamped <= 0.0 and error < 0.0)):
         integral = min(100.0, max(0.0, integral + kp * error * dt / ti_s))
     return min(100.0, max(0.0, kp * error + integral)), integral
+
+
+def track(output: float, error: float, kp: float) -> float:
+    """The PI integral that gives `output` at `error`: bumpless return to local auto."""
+    return min(100.0, max(0.0, output - kp * error))
 
 
 class IncubatorModel:
@@ -121,6 +140,15 @@ class IncubatorModel:
         self._co2_i = min(100.0, max(0.0, self._co2_valve_ss()))
         self.heater_pct = self._heat_i
         self.valve_pct = self._co2_i
+        # remote control by cellfab's own loops (docs/devices/co2-incubator.md)
+        self.heater_local_auto = True
+        self.co2_local_auto = True
+        self.heater_demand_pct = 0.0
+        self.valve_demand_pct = 0.0
+        self.heater_remote_lost = False  # latched until temp_local_auto is written
+        self.co2_remote_lost = False
+        self._heater_fed_s = 0.0  # sim time of the last demand (or switch) write
+        self._co2_fed_s = 0.0
         self._noise = self._draw_noise()
 
     @property
@@ -134,12 +162,28 @@ class IncubatorModel:
         return self.t_s >= self.cfg.probe_warmup_s
 
     def set_setpoint(self, tag: str, value: float) -> None:
-        """Take a new set point (a client's write); see `check_setpoint` for what raises."""
+        """Take a client's write of a SETPOINT_LIMITS tag; see `check_setpoint` for what raises.
+
+        A write of a demand, or of `*_local_auto`, feeds that output's remote watchdog;
+        writing `*_local_auto` (either value) also clears its latched "remote lost".
+        """
         check_setpoint(tag, value)
         if tag == "temp_setpoint":
             self.temp_setpoint_degC = value
         elif tag == "co2_setpoint":
             self.co2_setpoint_pct = value
+        elif tag in {"temp_local_auto", "heater_demand"}:
+            self._heater_fed_s = self.t_s
+            if tag == "heater_demand":
+                self.heater_demand_pct = value
+            else:
+                self.heater_local_auto, self.heater_remote_lost = value == 1.0, False
+        elif tag in {"co2_local_auto", "co2_valve_demand"}:
+            self._co2_fed_s = self.t_s
+            if tag == "co2_valve_demand":
+                self.valve_demand_pct = value
+            else:
+                self.co2_local_auto, self.co2_remote_lost = value == 1.0, False
         else:
             self.alarm_limits[tag] = value
 
@@ -153,6 +197,7 @@ class IncubatorModel:
             "co2_high": self.probe_ready and self.co2_pct > lim["co2_alarm_high"],
             "co2_low": self.probe_ready and self.co2_pct < lim["co2_alarm_low"],
             "door_open": self.door_open,
+            "remote_lost": self.heater_remote_lost or self.co2_remote_lost,
         }
         return sum(1 << ALARM_BITS[name] for name, on in active.items() if on)
 
@@ -162,31 +207,40 @@ class IncubatorModel:
             self.step()
 
     def step(self) -> None:
-        """Advance one step: door schedule, controllers, then the plant over `step_s`."""
+        """Advance one step: door schedule, watchdog, controllers, then the plant."""
         dt = self.cfg.step_s
         if self.t_s >= self._door_next_s:
             self._toggle_door()
         door = 1.0 if self.door_open else 0.0
-        self.heater_pct, self._heat_i = pi_step(
-            self.temp_setpoint_degC - self.temp_degC,
-            self._heat_i,
-            self.physics.temp_kp,
-            self.physics.temp_ti_s,
-            dt,
-        )
-        if self.door_open:
+        self._watchdog()
+        p = self.physics
+        temp_error = self.temp_setpoint_degC - self.temp_degC
+        if self.heater_local_auto:
+            self.heater_pct, self._heat_i = pi_step(
+                temp_error, self._heat_i, p.temp_kp, p.temp_ti_s, dt
+            )
+        else:
+            self.heater_pct = self.heater_demand_pct
+            self._heat_i = track(self.heater_pct, temp_error, p.temp_kp)
+        co2_error = self.co2_setpoint_pct - self.co2_pct
+        if not self.co2_local_auto:
+            self._co2_i = track(self.valve_demand_pct, co2_error, p.co2_kp)
+            self.valve_pct = 0.0 if self.door_open else self.valve_demand_pct
+        elif self.door_open:
             self.valve_pct = 0.0  # the door switch inhibits injection, as real incubators do
         else:
-            self.valve_pct, self._co2_i = pi_step(
-                self.co2_setpoint_pct - self.co2_pct,
-                self._co2_i,
-                self.physics.co2_kp,
-                self.physics.co2_ti_s,
-                dt,
-            )
+            self.valve_pct, self._co2_i = pi_step(co2_error, self._co2_i, p.co2_kp, p.co2_ti_s, dt)
         self._integrate(door, dt)
         self.steps += 1
         self._noise = self._draw_noise()
+
+    def _watchdog(self) -> None:
+        """Loss of the supervisor: an output whose demand went stale goes back to local."""
+        t, limit = self.t_s, self.cfg.remote_timeout_s
+        if not self.heater_local_auto and t - self._heater_fed_s >= limit:
+            self.heater_local_auto, self.heater_remote_lost = True, True
+        if not self.co2_local_auto and t - self._co2_fed_s >= limit:
+            self.co2_local_auto, self.co2_remote_lost = True, True
 
     @property
     def state(self) -> dict[str, float]:
@@ -206,6 +260,10 @@ class IncubatorModel:
             "temp_setpoint": self.temp_setpoint_degC,
             "co2_setpoint": self.co2_setpoint_pct,
             **self.alarm_limits,
+            "temp_local_auto": 1.0 if self.heater_local_auto else 0.0,
+            "heater_demand": self.heater_demand_pct,
+            "co2_local_auto": 1.0 if self.co2_local_auto else 0.0,
+            "co2_valve_demand": self.valve_demand_pct,
             "co2": max(0.0, self.co2_pct + n_co2) if ready else math.nan,
             "probe_comp_temp": PROBE_COMP_TEMP_DEGC,
             "probe_temp": self.temp_degC + p.probe_offset_degC + n_probe,

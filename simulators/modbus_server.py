@@ -20,30 +20,39 @@ import contextlib
 import logging
 import math
 import socket
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Self, get_args
 
 from pymodbus.constants import ExcCodes
-from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
+from pymodbus.simulator import SimAction, SimDevice
 
-from drivers import codec
 from drivers.registermap import RegisterSpec
 from simulators.base import steps_due
 from simulators.config import FaultKind, FaultSpec, IncubatorSimConfig
-from simulators.incubator import (
-    CO2_STATUS_NOT_READY,
-    SETPOINT_LIMITS,
-    IncubatorModel,
-    check_setpoint,
+from simulators.incubator import IncubatorModel
+from simulators.incubator_registers import (
+    IncubatorRegisters,
+    fault_reply,
+    own_publish,
+    registers_for,
 )
 from simulators.tcp_endpoint import ModbusTcpEndpoint, WireFaults
+
+__all__ = [  # registers_for moved to simulators.incubator_registers; kept importable here
+    "EXCEPTION_CODES",
+    "FAULT_KINDS",
+    "IncubatorSimulator",
+    "free_port",
+    "free_ports",
+    "manual_fault",
+    "registers_for",
+    "scheduled_faults",
+]
 
 log = logging.getLogger(__name__)
 
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
-READ_FUNCTIONS = frozenset({3, 4})  # publishes use these with values: no client can
 EXCEPTION_CODES = frozenset(int(code) for code in ExcCodes)
 
 
@@ -79,16 +88,6 @@ def manual_fault(kind: FaultKind, exception_code: int = 6, delay_s: float = 1.0)
     )
 
 
-def registers_for(spec: RegisterSpec, value: float) -> list[int]:
-    """`codec.encode`, except that NaN in an integer register becomes its no-data code."""
-    if math.isnan(value) and spec.type != "float32":
-        raw = spec.not_available_raw
-        if raw is None:
-            raise ValueError(f"{spec.tag}: NaN in an integer register without a no-data code")
-        return [raw & 0xFFFF] if spec.words == 1 else [raw >> 16 & 0xFFFF, raw & 0xFFFF]
-    return codec.encode(spec, value)
-
-
 class IncubatorSimulator:
     """One incubator (controller on unit 1, GMP251 on unit 240) on one Modbus TCP endpoint.
 
@@ -106,19 +105,8 @@ class IncubatorSimulator:
     ) -> None:
         self.model = IncubatorModel(cfg)
         self._cfg = cfg
-        self._specs = tuple(specs)
+        self._registers = IncubatorRegisters(specs, self.model)
         self._net = ModbusTcpEndpoint(host, port, seed=cfg.seed)
-        missing = sorted({s.tag for s in self._specs} - set(self.model.state))
-        if missing:
-            raise ValueError(f"profile tags without a value in the incubator model: {missing}")
-        self._readable: dict[tuple[int, int], set[int]] = defaultdict(set)
-        self._writable: dict[int, list[RegisterSpec]] = defaultdict(list)
-        for spec in self._specs:
-            self._readable[spec.device_id, spec.function].update(
-                range(spec.address, spec.address + spec.words)
-            )
-            if spec.writable and spec.tag in SETPOINT_LIMITS:
-                self._writable[spec.device_id].append(spec)
         self._manual: dict[FaultKind, FaultSpec] = {}
         self._scheduled: dict[FaultKind, FaultSpec] = {}
         self._wanted = False
@@ -241,21 +229,13 @@ class IncubatorSimulator:
             await server.async_setValues(spec.device_id, spec.function, spec.address, regs)
 
     def _image(self) -> dict[RegisterSpec, list[int]]:
-        state = self.model.state
-        if "nan" in self.active_faults:
-            state["co2"] = math.nan
-            state["probe_co2_status"] = float(CO2_STATUS_NOT_READY)
-        return {spec: registers_for(spec, state[spec.tag]) for spec in self._specs}
+        return self._registers.image(probe_nan="nan" in self.active_faults)
 
     def _devices(self) -> list[SimDevice]:
-        blocks: dict[int, list[SimData]] = defaultdict(list)
-        for spec, regs in self._image().items():
-            blocks[spec.device_id].append(
-                SimData(spec.address, values=regs, datatype=DataType.REGISTERS)
-            )
+        blocks = self._registers.blocks(probe_nan="nan" in self.active_faults)
         return [
             SimDevice(id=unit, simdata=data, action=self._action_for(unit))
-            for unit, data in sorted(blocks.items())
+            for unit, data in blocks.items()
         ]
 
     def _action_for(self, unit: int) -> SimAction:
@@ -284,57 +264,18 @@ class IncubatorSimulator:
         regs: list[int],
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
-        """Every register access, ours or a client's: faults, writes, the read map."""
-        if set_values is not None and fc in READ_FUNCTIONS:
-            return None  # our own publish
+        """Every register access, ours or a client's: faults, then writes and the read map."""
+        if own_publish(fc, set_values):
+            return None
         active = self.active_faults
-        if "no_response" in active:
-            # pymodbus runs each request in a task of its own; cancelling it sends nothing,
-            # so the master times out as with a device that heard the request but hung.
-            raise asyncio.CancelledError
-        if "exception" in active:
-            return ExcCodes(self._exception_code())
-        if set_values is not None:
-            return self._write(unit, start, addr, regs, [int(v) for v in set_values])
-        if fc in READ_FUNCTIONS:
-            return self._check_read(unit, fc, addr, count)
-        return None  # the read-back half of FC 6/16/22/23, already checked as a write
-
-    def _exception_code(self) -> int:
-        return self._fault("exception").exception_code
+        code = self._fault("exception").exception_code if "exception" in active else None
+        reply = fault_reply("no_response" in active, code)
+        if reply is not None:
+            return reply
+        return self._registers.access(
+            unit, fc=fc, start=start, addr=addr, count=count, regs=regs, set_values=set_values
+        )
 
     def _fault(self, kind: FaultKind) -> FaultSpec:
         """The parameters of an active fault: injected ones win over scheduled ones."""
         return self._manual.get(kind) or self._scheduled[kind]
-
-    def _check_read(self, unit: int, fc: int, addr: int, count: int) -> ExcCodes | None:
-        readable = self._readable.get((unit, fc))
-        if readable is None:
-            return ExcCodes.ILLEGAL_FUNCTION
-        if any(a not in readable for a in range(addr, addr + count)):
-            return ExcCodes.ILLEGAL_ADDRESS
-        return None
-
-    def _write(
-        self, unit: int, start: int, addr: int, regs: list[int], values: list[int]
-    ) -> ExcCodes | None:
-        """Accept a write that covers set points only and leaves each one valid."""
-        end = addr + len(values)
-        targets = [
-            s for s in self._writable[unit] if s.address < end and addr < s.address + s.words
-        ]
-        covered = {a for s in targets for a in range(s.address, s.address + s.words)}
-        if not targets or any(a not in covered for a in range(addr, end)):
-            return ExcCodes.ILLEGAL_ADDRESS
-        new: dict[str, float] = {}
-        for spec in targets:
-            span = range(spec.address, spec.address + spec.words)
-            words = [values[a - addr] if addr <= a < end else regs[a - start] for a in span]
-            try:
-                new[spec.tag] = codec.decode(spec, words)
-                check_setpoint(spec.tag, new[spec.tag])
-            except ValueError:  # DecodeError (NaN, inf) is a ValueError too
-                return ExcCodes.ILLEGAL_VALUE
-        for tag, value in new.items():
-            self.model.set_setpoint(tag, value)
-        return None

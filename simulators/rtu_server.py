@@ -1,12 +1,15 @@
-"""Serve every simulated ΔP transmitter of one RS-485 line from one pymodbus RTU server.
+"""Serve every simulated slave of one RS-485 line from one pymodbus RTU server.
 
-The line is a pair of cross-connected ptys (a Python null modem, shared/libraries.md §1.5):
-the server owns one end, and the other end is symlinked at the bus's `port`, so a driver
-in this process or in another (`cellfab simulate` + `cellfab run`) opens it like a USB
-adapter. One `ModbusSerialServer` with one `SimDevice` per slave is one line with several
-slaves. Faults act per slave (no reply, exception, sensor fault) through the SimDevice
-`action` hook and the published image, and per line (`disconnect`: the pty goes away and
-the symlink with it, then a new pty is linked at the same path).
+The slaves are ΔP transmitters (one cascade model for the line) and CO2 incubators (the
+RS-485 variant: one `IncubatorModel` each, with the register handling of the TCP simulator
+in simulators/incubator_registers.py). The line is a pair of cross-connected ptys (a Python
+null modem, shared/libraries.md §1.5): the server owns one end, and the other end is
+symlinked at the bus's `port`, so a driver in this process or in another (`cellfab
+simulate` + `cellfab run`) opens it like a USB adapter. One `ModbusSerialServer` with one
+`SimDevice` per slave is one line with several slaves. Faults act per slave (no reply,
+exception, sensor fault: unreliable ΔP, or the incubator's probe not ready) through the
+SimDevice `action` hook and the published image, and per line (`disconnect`: the pty goes
+away and the symlink with it, then a new pty is linked at the same path).
 """
 
 from __future__ import annotations
@@ -31,7 +34,15 @@ from drivers.modbus_rtu import ModbusRtuConfig
 from drivers.registermap import RegisterSpec
 from drivers.rtubus import RtuBusConfig
 from simulators.base import steps_due
-from simulators.dp_cascade import CascadeModel, DpTransmitterSimConfig, RtuBusSimConfig
+from simulators.config import IncubatorSimConfig
+from simulators.dp_cascade import (
+    CascadeModel,
+    DpTransmitterSimConfig,
+    RtuBusSimConfig,
+    SensorFaultSpec,
+)
+from simulators.incubator import CO2_STATUS_NOT_READY, IncubatorModel
+from simulators.incubator_registers import IncubatorRegisters, fault_reply, own_publish
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +52,7 @@ MEMORY_REGISTERS = 100  # 4x0001-4x0100 answer (zeros where the profile names no
 BUS_CONFIG_ADDRESS = 763  # 4x0764-4x0768: address, baud, format mirrors, address, command
 BAUD_CODES = {9600: 0, 19200: 1, 38400: 2, 57600: 3}
 FORMAT_CODES = {("E", 1): 0, ("O", 1): 1, ("N", 1): 2, ("N", 2): 3}
-READ_FUNCTIONS = frozenset({3, 4})
+SLAVE_FAULT_OF: dict[str, SlaveFault] = {"exception": "exception", "nan": "sensor_fault"}
 
 
 class PtyPair:
@@ -80,28 +91,40 @@ class PtyPair:
 
 
 class RtuBusSimulator:
-    """One line: the cascade model, one RTU server on a pty, the client end at `port`."""
+    """One line: the cascade model and the incubators, one RTU server on a pty, the client
+    end at `port`.
+
+    ΔP transmitters step on the bus's clock (`[buses.simulator]`); each incubator on its own
+    `time_scale` / `step_s`, as its TCP variant does.
+    """
 
     def __init__(self, bus_cfg: RtuBusConfig, devices: Sequence[ModbusRtuConfig]) -> None:
         if "://" in bus_cfg.port:
             raise ValueError(f"bus {bus_cfg.id}: a simulator needs a file path, not {bus_cfg.port}")
         self._bus = bus_cfg
         self._cfg = bus_cfg.simulator or RtuBusSimConfig()
-        sims: dict[int, DpTransmitterSimConfig] = {}
-        self._specs: dict[int, tuple[RegisterSpec, ...]] = {}
+        sims: dict[int, DpTransmitterSimConfig | IncubatorSimConfig] = {}
+        specs: dict[int, tuple[RegisterSpec, ...]] = {}
         for dev in devices:
             if dev.bus != bus_cfg.id or dev.simulator is None:
                 continue
             if dev.unit_id in sims:
                 raise ValueError(f"bus {bus_cfg.id}: unit {dev.unit_id} is simulated twice")
             sims[dev.unit_id] = dev.simulator
-            self._specs[dev.unit_id] = dev.registers
+            specs[dev.unit_id] = dev.registers
         if not sims:
             raise ValueError(f"bus {bus_cfg.id}: no simulated device on it")
-        self.model = CascadeModel(list(sims.items()), self._cfg.step_s)
+        dp = {u: c for u, c in sims.items() if isinstance(c, DpTransmitterSimConfig)}
+        self.model = CascadeModel(list(dp.items()), self._cfg.step_s)
+        self._specs = {u: specs[u] for u in dp}
+        self._incubators = {
+            u: IncubatorRegisters(specs[u], IncubatorModel(c))
+            for u, c in sims.items()
+            if isinstance(c, IncubatorSimConfig)
+        }
         self._sims = sims
-        for unit, specs in self._specs.items():
-            missing = sorted({s.tag for s in specs} - set(self.model.state(unit)))
+        for unit, unit_specs in self._specs.items():
+            missing = sorted({s.tag for s in unit_specs} - set(self.model.state(unit)))
             if missing:
                 raise ValueError(f"unit {unit}: profile tags the ΔP model does not know: {missing}")
         self._link = Path(bus_cfg.port)
@@ -125,9 +148,16 @@ class RtuBusSimulator:
         return str(self._link)
 
     @property
+    def incubators(self) -> dict[int, IncubatorModel]:
+        """The incubator model of each incubator slave, by unit id."""
+        return {unit: regs.model for unit, regs in self._incubators.items()}
+
+    @property
     def tick_s(self) -> float:
-        """One model step in wall time, within 0.05..0.5 s."""
-        return min(0.5, max(0.05, self._cfg.step_s / self._cfg.time_scale))
+        """The shortest model step on the line in wall time, within 0.05..0.5 s."""
+        clocks = [(self._cfg.step_s, self._cfg.time_scale)]
+        clocks += [(r.model.cfg.step_s, r.model.cfg.time_scale) for r in self._incubators.values()]
+        return min(0.5, max(0.05, min(step / scale for step, scale in clocks)))
 
     @property
     def listening(self) -> bool:
@@ -159,6 +189,9 @@ class RtuBusSimulator:
         """Step the cascade to `elapsed_s` wall seconds (scaled), apply faults, publish."""
         due = steps_due(elapsed_s, self._cfg.time_scale, self._cfg.step_s)
         self.model.run(due - self.model.steps)
+        for regs in self._incubators.values():
+            model = regs.model
+            model.run(steps_due(elapsed_s, model.cfg.time_scale, model.cfg.step_s) - model.steps)
         async with self._lock:
             self._elapsed_s = elapsed_s
             await self._reconcile()
@@ -196,11 +229,11 @@ class RtuBusSimulator:
         """Faults of one slave in force now (injected or scheduled), with their code."""
         out: dict[SlaveFault, int] = {}
         cfg, t = self._sims[unit], self._elapsed_s
-        for fault in cfg.faults:
-            if fault.start_s <= t < fault.start_s + fault.duration_s and fault.kind != "nan":
-                kind: SlaveFault = "exception" if fault.kind == "exception" else "no_response"
-                out[kind] = fault.exception_code
-        for sensor in cfg.sensor_faults:
+        for fault in cfg.faults:  # config allows exception, no_response (and nan: incubators)
+            if fault.start_s <= t < fault.start_s + fault.duration_s:
+                kind = SLAVE_FAULT_OF.get(fault.kind, "no_response")
+                out[kind] = CO2_STATUS_NOT_READY if kind == "sensor_fault" else fault.exception_code
+        for sensor in self._sensor_faults(unit):
             if sensor.start_s <= t < sensor.start_s + sensor.duration_s:
                 out["sensor_fault"] = sensor.reliability_code
         for (u, kind), code in self._manual.items():
@@ -267,7 +300,10 @@ class RtuBusSimulator:
                 await self._server.async_setValues(unit, spec.function, spec.address, regs)
 
     def _images(self) -> dict[int, dict[RegisterSpec, list[int]]]:
-        out = {}
+        out = {
+            unit: regs.image(probe_nan="sensor_fault" in self.active_faults(unit))
+            for unit, regs in self._incubators.items()
+        }
         for unit, specs in self._specs.items():
             state = self.model.state(unit)
             fault_code = self.active_faults(unit).get("sensor_fault")
@@ -280,10 +316,14 @@ class RtuBusSimulator:
             out[unit] = {spec: _encode(spec, state[spec.tag]) for spec in specs}
         return out
 
+    def _sensor_faults(self, unit: int) -> tuple[SensorFaultSpec, ...]:
+        cfg = self._sims[unit]
+        return cfg.sensor_faults if isinstance(cfg, DpTransmitterSimConfig) else ()
+
     def _error_code(self, unit: int) -> int:
         """The scheduled sensor fault's error code, or 1 for an injected one."""
         t = self._elapsed_s
-        for sensor in self._sims[unit].sensor_faults:
+        for sensor in self._sensor_faults(unit):
             if sensor.start_s <= t < sensor.start_s + sensor.duration_s:
                 return sensor.error_code
         return 1
@@ -294,20 +334,24 @@ class RtuBusSimulator:
             BAUD_CODES.get(bus.baudrate, 1),
             FORMAT_CODES.get((bus.parity, bus.stopbits), 2),
         ]
+        transmitters = {
+            unit: [
+                SimData(0, count=MEMORY_REGISTERS, values=0, datatype=DataType.REGISTERS),
+                SimData(
+                    BUS_CONFIG_ADDRESS,
+                    values=[unit, *mirrors, unit, 0],
+                    datatype=DataType.REGISTERS,
+                ),
+            ]
+            for unit in self._specs
+        }
+        incubators = {
+            unit: regs.blocks(probe_nan="sensor_fault" in self.active_faults(unit))[unit]
+            for unit, regs in self._incubators.items()
+        }
         return [
-            SimDevice(
-                id=unit,
-                simdata=[
-                    SimData(0, count=MEMORY_REGISTERS, values=0, datatype=DataType.REGISTERS),
-                    SimData(
-                        BUS_CONFIG_ADDRESS,
-                        values=[unit, *mirrors, unit, 0],
-                        datatype=DataType.REGISTERS,
-                    ),
-                ],
-                action=self._action_for(unit),
-            )
-            for unit in sorted(self._specs)
+            SimDevice(id=unit, simdata=data, action=self._action_for(unit))
+            for unit, data in sorted((transmitters | incubators).items())
         ]
 
     def _action_for(self, unit: int) -> SimAction:
@@ -319,17 +363,26 @@ class RtuBusSimulator:
             regs: list[int],
             set_values: list[int] | list[bool] | None,
         ) -> ExcCodes | None:
-            if set_values is not None and fc in READ_FUNCTIONS:
-                return None  # our own publish
+            if own_publish(fc, set_values):
+                return None
             faults = self.active_faults(unit)
-            if "no_response" in faults:
-                # pymodbus runs each request in its own task: cancelling it sends nothing,
-                # so the master times out while the other slaves keep answering
-                raise asyncio.CancelledError
-            if "exception" in faults:
-                return ExcCodes(faults["exception"])
+            # no_response cancels only this request's task: the other slaves keep answering
+            reply = fault_reply("no_response" in faults, faults.get("exception"))
+            if reply is not None:
+                return reply
+            incubator = self._incubators.get(unit)
+            if incubator is not None:
+                return incubator.access(
+                    unit,
+                    fc=fc,
+                    start=start,
+                    addr=addr,
+                    count=count,
+                    regs=regs,
+                    set_values=set_values,
+                )
             if set_values is not None:
-                return ExcCodes.ILLEGAL_ADDRESS  # configuration writes are not simulated
+                return ExcCodes.ILLEGAL_ADDRESS  # transmitter configuration writes: not simulated
             return None
 
         return action

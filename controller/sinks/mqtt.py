@@ -155,6 +155,8 @@ class MqttSink:
         liveness: Liveness | None = None,
     ) -> None:
         self._heart = Heart(liveness, "sink:mqtt")
+        self._states: dict[str, bytes] = {}  # topic -> latest retained state to publish
+        self._states_changed = asyncio.Event()
         self._cfg = cfg
         self._commands = commands
         self._endpoint = Endpoint.from_config(cfg)
@@ -183,6 +185,23 @@ class MqttSink:
     def add_streams(self, cfg: SiteConfig) -> None:
         """Publish the devices and loops of a reloaded config too (old ones stay known)."""
         self._devices = {**self._devices, **cfg.streams()}
+
+    def set_state(self, suffix: str, payload: bytes) -> None:
+        """Publish `payload` retained on `<prefix>/<suffix>` soon; only the latest counts."""
+        self._states[f"{self._prefix}/{suffix}"] = payload
+        self._states_changed.set()
+
+    async def _publish_states(self, client: aiomqtt.Client) -> None:
+        """Retained state topics (health): the latest of each, whenever it changes."""
+        timeout_s = self._cfg.mqtt.publish_timeout_s
+        sent: dict[str, bytes] = {}
+        while True:
+            self._states_changed.clear()
+            for topic, payload in list(self._states.items()):
+                if sent.get(topic) is not payload:
+                    await client.publish(topic, payload, qos=1, retain=True, timeout=timeout_s)
+                    sent[topic] = payload
+            await self._states_changed.wait()
 
     async def run(self) -> None:
         """Forward until the journal is closed and drained (or the drain deadline passes)."""
@@ -239,7 +258,9 @@ class MqttSink:
                 await self._publish_status(client, "online")
                 async with asyncio.TaskGroup() as tg:
                     inbound = tg.create_task(self._inbound(client), name="mqtt-inbound")
+                    states = tg.create_task(self._publish_states(client), name="mqtt-states")
                     drained = await self._forward(client)
+                    states.cancel()
                     await self._publish_status(client, "offline" if drained else "lost")
                     inbound.cancel()
             except asyncio.CancelledError:

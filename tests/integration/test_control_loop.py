@@ -41,6 +41,7 @@ id = "{site}"
 dir = "{state}"
 [mqtt]
 url = "{mqtt}"
+health_period_s = 1.0
 
 [[devices]]
 id = "br-1"
@@ -430,3 +431,23 @@ async def test_batch_context_is_stamped_on_every_reading(floor: Floor) -> None:
         "cmd.batch/end",
         "cmd.batch/start",
     ]
+
+
+async def test_health_is_retained_on_mqtt(shared_floor: Floor) -> None:
+    """`<prefix>/health`: per device last good time and counters, sinks, loops, nothing stuck."""
+    floor = shared_floor
+    topic = f"{floor.prefix}/health"
+
+    def complete(m: Any) -> bool:
+        return m.json()["devices"]["br-1"]["scans"] > 0
+
+    async with MqttCollector(HOST, floor.broker.port, topic) as late_subscriber:
+        await late_subscriber.wait_for(lambda m: m.retain, timeout_s=10)  # a retained copy
+        doc = (await late_subscriber.wait_for(complete, timeout_s=10)).json()
+    assert doc["site"] == floor.cfg.site.id
+    assert set(doc["devices"]) == {"br-1"}
+    assert doc["devices"]["br-1"]["scans"] > 0
+    assert doc["loops"]["br-1.temp"]["write_error"] is None
+    assert "lag" in doc["sinks"]["mqtt"]
+    assert doc["stuck"] == []
+    assert doc["devices"]["br-1"]["last_good"].endswith("Z")

@@ -105,7 +105,7 @@ def test_incubator_profile_coalesces_into_four_reads() -> None:
     regmap = load_profile("co2-incubator", Path())
     plan = plan_reads(regmap.registers)
     got = [(r.device_id, r.function, r.address, r.count) for r in plan]
-    assert got == [(1, 3, 100, 12), (1, 4, 0, 11), (240, 3, 0, 6), (240, 3, 0x800, 2)]
+    assert got == [(1, 3, 100, 16), (1, 4, 0, 11), (240, 3, 0, 6), (240, 3, 0x800, 2)]
     covered = sorted(s.tag for r in plan for s, _ in r.specs)
     assert covered == sorted(s.tag for s in regmap.registers)
 

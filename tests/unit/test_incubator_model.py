@@ -11,11 +11,14 @@ from hypothesis import strategies as st
 
 from simulators.config import IncubatorSimConfig
 from simulators.incubator import (
+    ALARM_BITS,
     CO2_STATUS_NOT_READY,
     CO2_STATUS_OK,
     IncubatorModel,
     pi_step,
 )
+
+REMOTE_LOST = 1 << ALARM_BITS["remote_lost"]
 
 
 def model(**kw: object) -> IncubatorModel:
@@ -129,6 +132,11 @@ def test_written_set_points_are_followed() -> None:
         ("temp_setpoint", math.nan),
         ("co2_setpoint", -1.0),
         ("door_open", 1.0),
+        ("temp_local_auto", 0.5),
+        ("co2_local_auto", 2.0),
+        ("heater_demand", 100.1),
+        ("co2_valve_demand", -0.1),
+        ("heater_demand", math.nan),
     ],
 )
 def test_invalid_set_point_is_refused(tag: str, value: float) -> None:
@@ -137,6 +145,96 @@ def test_invalid_set_point_is_refused(tag: str, value: float) -> None:
     with pytest.raises(ValueError, match=tag):
         m.set_setpoint(tag, value)
     assert (m.temp_setpoint_degC, m.co2_setpoint_pct) == (37.0, 5.0)
+    assert (m.heater_local_auto, m.co2_local_auto) == (True, True)
+    assert (m.heater_demand_pct, m.valve_demand_pct) == (0.0, 0.0)
+
+
+def test_power_up_is_local_auto_and_reports_the_remote_tags() -> None:
+    """At power-up both outputs are in local auto, demands 0 %, no remote alarm."""
+    state = model().state
+    assert state["temp_local_auto"] == 1.0 and state["co2_local_auto"] == 1.0
+    assert state["heater_demand"] == 0.0 and state["co2_valve_demand"] == 0.0
+    assert not int(state["alarm_word"]) & REMOTE_LOST
+
+
+def test_remote_heater_output_follows_the_demand_and_heats() -> None:
+    """temp_local_auto=0: the heater runs at heater_demand whatever the temperature error."""
+    m = model(door_open_s=0.0, remote_timeout_s=1e4)
+    m.set_setpoint("heater_demand", 100.0)
+    m.set_setpoint("temp_local_auto", 0)
+    m.run(600)  # 300 s
+    assert m.heater_pct == 100.0 and m.state["heater_output"] == 100.0
+    assert m.state["temp_local_auto"] == 0.0 and m.state["heater_demand"] == 100.0
+    assert m.temp_degC > 37.0 + 5.0  # far above its set point: no local PI pulling back
+    m.set_setpoint("heater_demand", 0.0)
+    m.step()
+    assert m.heater_pct == 0.0
+
+
+def test_remote_valve_follows_the_demand_but_the_door_still_closes_it() -> None:
+    """co2_local_auto=0: the valve runs at co2_valve_demand, except while the door is open."""
+    m = model(door_period_s=100.0, door_open_s=20.0, remote_timeout_s=1e4)
+    m.set_setpoint("co2_valve_demand", 40.0)
+    m.set_setpoint("co2_local_auto", 0)
+    seen = set()
+    for _ in range(400):  # 200 s: at least one opening
+        m.step()
+        assert m.valve_pct == (0.0 if m.door_open else 40.0)
+        seen.add(m.door_open)
+    assert seen == {True, False}
+    assert m.heater_local_auto  # the other output stays local
+
+
+@pytest.mark.parametrize(
+    ("switch", "demand", "output"),
+    [
+        ("temp_local_auto", "heater_demand", "heater_pct"),
+        ("co2_local_auto", "co2_valve_demand", "valve_pct"),
+    ],
+)
+def test_switch_back_to_local_is_bumpless(switch: str, demand: str, output: str) -> None:
+    """The on-board PI's integral tracks the remote output: back in local auto, the first
+    output equals the last remote one (up to one integration step)."""
+    m = model(door_open_s=0.0, remote_timeout_s=1e4)
+    m.set_setpoint(demand, 70.0)
+    m.set_setpoint(switch, 0)
+    m.run(20)
+    assert getattr(m, output) == 70.0
+    m.set_setpoint(switch, 1)
+    m.step()
+    assert getattr(m, output) == pytest.approx(70.0, abs=0.5)
+
+
+def test_watchdog_hands_back_after_remote_timeout_of_sim_time() -> None:
+    """Without a demand write for remote_timeout_s, the output goes local and bit 5 is set;
+    each demand write restarts the timeout; writing local_auto clears the alarm."""
+    m = model(door_open_s=0.0, step_s=0.5, remote_timeout_s=30.0)
+    m.set_setpoint("temp_local_auto", 0)
+    m.set_setpoint("heater_demand", 50.0)
+    m.run(40)  # 20 s
+    m.set_setpoint("heater_demand", 50.0)  # fed: the timeout starts again
+    m.run(60)  # 30 s since the last write, at the end of the last step
+    assert not m.heater_local_auto and m.heater_pct == 50.0
+    m.step()  # the next step's watchdog sees 30 s and acts before the controller runs
+    assert m.heater_local_auto and m.heater_pct != 50.0
+    assert m.state["temp_local_auto"] == 1.0
+    assert int(m.state["alarm_word"]) & REMOTE_LOST
+    m.run(100)
+    assert int(m.state["alarm_word"]) & REMOTE_LOST  # latched until acknowledged
+    m.set_setpoint("temp_local_auto", 1)
+    assert not int(m.state["alarm_word"]) & REMOTE_LOST
+
+
+def test_co2_watchdog_is_independent_of_the_heaters() -> None:
+    """Feeding heater_demand does not keep the CO2 valve in remote, and vice versa."""
+    m = model(door_open_s=0.0, step_s=1.0, remote_timeout_s=10.0)
+    m.set_setpoint("co2_local_auto", 0)
+    m.set_setpoint("temp_local_auto", 0)
+    for _ in range(30):
+        m.set_setpoint("heater_demand", 30.0)
+        m.step()
+    assert m.co2_local_auto and m.co2_remote_lost
+    assert not m.heater_local_auto and not m.heater_remote_lost
 
 
 @settings(max_examples=60, deadline=None)
@@ -149,6 +247,8 @@ def test_invalid_set_point_is_refused(tag: str, value: float) -> None:
     door_open_s=st.floats(0.0, 200.0),
     warmup_s=st.floats(0.0, 2000.0),
     steps=st.integers(1, 300),
+    remote=st.booleans(),
+    demand=st.floats(0.0, 100.0),
 )
 def test_outputs_stay_in_range_and_no_nan_leaks(
     *,
@@ -160,8 +260,11 @@ def test_outputs_stay_in_range_and_no_nan_leaks(
     door_open_s: float,
     warmup_s: float,
     steps: int,
+    remote: bool,
+    demand: float,
 ) -> None:
-    """Heater and valve stay in 0..100 %, RH in 0..100 %, and only CO2 in warm-up is NaN."""
+    """Heater and valve stay in 0..100 %, RH in 0..100 %, and only CO2 in warm-up is NaN,
+    in local auto and under remote demands with a watchdog that may expire mid-run."""
     m = model(
         seed=seed,
         ambient_degC=ambient,
@@ -171,7 +274,13 @@ def test_outputs_stay_in_range_and_no_nan_leaks(
         door_period_s=300.0,
         door_open_s=door_open_s,
         probe_warmup_s=warmup_s,
+        remote_timeout_s=50.0,
     )
+    if remote:
+        for tag in ("heater_demand", "co2_valve_demand"):
+            m.set_setpoint(tag, demand)
+        for tag in ("temp_local_auto", "co2_local_auto"):
+            m.set_setpoint(tag, 0)
     for _ in range(steps):
         m.step()
         state = m.state

@@ -160,13 +160,13 @@ async def test_tick_takes_over_then_writes_the_output_in_order() -> None:
     actuator = FakeActuator()
     group, store = make_group(actuator)
     reading(store, 36.0, heat=40.0)
-    group.prime()
+    assert group.prime() == [0]
     terms = group.compute(100.0)
     await group.write(terms)
     assert actuator.writes[0] == ("auto", 0.0)  # the device's own loop off first
-    assert actuator.writes[1][0] == "heat"
-    assert actuator.writes[1][1] == pytest.approx(float(terms.output[0]))
-    assert terms.output[0] > 40.0  # primed at the present 40 %, PV below SP: more heat
+    assert actuator.writes[1] == ("heat", 40.0)  # the first tick holds the present output
+    group.set_mode("dev.temp", True)
+    assert group.compute(101.0).output[0] > 40.0  # then auto from there: PV low, more heat
     await group.release()
     assert actuator.writes[-1] == ("auto", 1.0)  # handed back
 
