@@ -158,7 +158,7 @@ def mix(n: int, shares: dict[str, float]) -> dict[str, int]:
 def write_config(counts: dict[str, int], folder: Path, name: str, mode: str) -> Path:
     """A site file with counts[family] devices of each family (RTU: SLAVES_PER_BUS a line)."""
     ports = iter(free_ports(sum(counts.values())))
-    text = f'[site]\nid = "bench-{name}"\n'
+    text = f'[site]\nid = "bench-{name}"\n[state]\ndir = "{folder}/state-{name}"\n'
     n_dp = counts["dp"]
     n_bus = math.ceil(n_dp / SLAVES_PER_BUS)
     for b in range(n_bus):

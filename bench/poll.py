@@ -53,7 +53,7 @@ door_period_s = 100000.0
 def write_config(n: int, folder: Path) -> Path:
     path = folder / f"bench-{n}.toml"
     ports = free_ports(n)
-    text = '[site]\nid = "bench"\n' + "".join(
+    text = f'[site]\nid = "bench"\n[state]\ndir = "{folder}/state-{n}"\n' + "".join(
         DEVICE.format(i=i, port=port) for i, port in enumerate(ports)
     )
     path.write_text(text)

@@ -27,7 +27,6 @@ from controller.config import SiteConfig
 from controller.control_plane import ControlPlane, has_controls
 from controller.health import publish_health
 from controller.hub import Hub
-from controller.journal import Journal
 from controller.loops import LoopGroup, Writer, loop_tags
 from controller.loops_check import catalog
 from controller.loops_config import split
@@ -35,6 +34,8 @@ from controller.poller import Poller
 from controller.reload import ReloadRefused, diff
 from controller.sinks.influx import InfluxSink
 from controller.sinks.mqtt import MqttSink
+from controller.spool import Spool
+from controller.spool_budget import Gap, budget_hours_to_bytes, mean_scan_bytes
 from controller.tagstore import TagStore
 from controller.watchdog import Liveness, feed, watchdog_interval_s
 from drivers.base import Driver
@@ -94,6 +95,37 @@ def _writers(devices: Mapping[str, DeviceRun]) -> dict[str, Writer]:
     }
 
 
+def open_spool(cfg: SiteConfig) -> Spool:
+    """The site's spool in its state dir, with its disk budget (MB, or hours at our rate)."""
+    sp = cfg.spool
+    cfg.state.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if sp.budget_mb is not None:
+        budget = int(sp.budget_mb * 1_000_000)
+    else:
+        tags = catalog(cfg.devices)
+        rate = sum(1.0 / d.poll_period_s for d in cfg.devices)
+        rate += sum(
+            1.0 / g.period_s for g in cfg.loop_groups for lp in cfg.loops if lp.group == g.id
+        )
+        n_tags = max(1, round(len(tags) / max(1, len(cfg.devices))))
+        budget = budget_hours_to_bytes(rate, mean_scan_bytes(n_tags), sp.budget_hours or 24.0)
+    return Spool(
+        cfg.state.dir / "spool.sqlite",
+        budget_bytes=budget,
+        gmp_devices=sp.gmp_devices,
+        synchronous=sp.synchronous,
+        max_buffered_scans=sp.max_buffered_scans,
+        on_alarm=_spool_alarm,
+    )
+
+
+def _spool_alarm(active: bool, fraction: float) -> None:
+    if active:
+        log.error("spool at %.0f %% of its disk budget: a sink is down for long", fraction * 100)
+    else:
+        log.info("spool back to %.0f %% of its disk budget", fraction * 100)
+
+
 def _units(cfg: SiteConfig) -> dict[str, str]:
     return {name: meta.unit for name, meta in catalog(cfg.devices).items()}
 
@@ -110,7 +142,7 @@ class Daemon:
         self.cfg = cfg
         self.source = source
         self.buses = {bus.id: RtuBus(bus) for bus in cfg.buses}
-        self.journal = Journal(cfg.journal.max_scans)
+        self.journal = open_spool(cfg)
         self.hub = Hub(TagStore([]), self.journal)
         self.liveness = Liveness()
         self.devices: dict[str, DeviceRun] = {dev.id: self._device(dev) for dev in cfg.devices}
@@ -184,6 +216,8 @@ class Daemon:
     ) -> None:
         """Poll, control and forward until `stop`; then drain the sinks and return."""
         async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self.journal.shutdown)  # last: after the sinks have drained
+            self._record_downtime()
             if self.controls:  # commands and loops change the process: audited
                 path = trail_path(self.cfg.state.dir)
                 self.trail = await asyncio.to_thread(AuditTrail.open, path)
@@ -197,6 +231,10 @@ class Daemon:
                 await stack.enter_async_context(bus)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                sp = self.cfg.spool
+                tg.create_task(
+                    self.journal.run(sp.flush_interval_s, sp.checkpoint_interval_s), name="spool"
+                )
                 for name, sink in self.sinks.items():
                     tg.create_task(sink.run(), name=f"sink:{name}")
                 for run in self.devices.values():
@@ -223,6 +261,15 @@ class Daemon:
                 log.info("pollers stopped after %d scans; draining sinks", self.hub.scans)
                 self.journal.close()
         log.info("stopped")
+
+    def _record_downtime(self) -> None:
+        """The time between the last commit of the previous run and now is a gap: say so."""
+        since = self.journal.previous_commit_ns
+        if since is not None:
+            now = utc_now_ns()
+            devices = tuple(self.devices)
+            self.journal.record_gap(Gap(since, now, "daemon down", devices))
+            log.warning("data gap: daemon was down for %.1f s", (now - since) / 1e9)
 
     def _device(self, cfg: AnyDeviceConfig) -> DeviceRun:
         driver = make_driver(cfg, self.buses)

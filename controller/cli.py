@@ -1,4 +1,4 @@
-"""`cellfab` command line: run, check, simulate, demo, audit, cmd.
+"""`cellfab` command line: run, check, simulate, demo, audit, cmd, backup, restore.
 
 Exit codes: 0 ok, 2 invalid configuration (every error listed as `FILE: path.to.key: msg`),
 1 anything else.
@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from controller import cmd_cli
+from controller import backup, cmd_cli
 from controller.configload import ConfigError, load_site
 from controller.logsetup import setup_logging
 
@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_cmd_audit_verify)
 
     cmd_cli.add_parser(sub)
+    backup.add_parsers(sub)
 
     demo = sub.add_parser(
         "demo",

@@ -31,7 +31,7 @@ class SiteSection(Frozen):
 
 
 class StateSection(Frozen):
-    """Where the daemon keeps local state (journal, later the spool and the audit trail)."""
+    """Where the daemon keeps local state: the spool, the audit trail, the batches."""
 
     dir: Path = Path("/var/lib/cellfab")
 
@@ -92,10 +92,29 @@ class InfluxSection(Frozen):
         return url
 
 
-class JournalSection(Frozen):
-    """The in-memory journal between pollers and sinks (a disk spool replaces it later)."""
+class SpoolSection(Frozen):
+    """The durable spool between pollers and sinks (`<state.dir>/spool.sqlite`, docs/spool.md).
 
-    max_scans: int = Field(default=100_000, ge=100, description="scans kept for slow sinks")
+    Its size is bounded by a disk budget, in MB or in hours at the configured scan rate;
+    at the limit the oldest scans of devices not in `gmp_devices` go first, every dropped
+    span is recorded as a gap, and GMP-critical scans are never dropped.
+    """
+
+    budget_mb: float | None = Field(default=None, gt=0.0)
+    budget_hours: float | None = Field(default=None, gt=0.0, description="default 24 h")
+    gmp_devices: tuple[str, ...] = Field(default=(), description="never dropped by the budget")
+    synchronous: Literal["NORMAL", "FULL"] = Field(
+        default="NORMAL", description="FULL: every commit survives power loss too (slower)"
+    )
+    flush_interval_s: float = Field(default=0.2, gt=0.0, le=10.0)
+    checkpoint_interval_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    max_buffered_scans: int = Field(default=100_000, ge=100, description="while disk fails")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> SpoolSection:
+        if self.budget_mb is not None and self.budget_hours is not None:
+            raise ValueError("give budget_mb or budget_hours, not both")
+        return self
 
 
 class SiteConfig(Frozen):
@@ -105,7 +124,7 @@ class SiteConfig(Frozen):
     state: StateSection = StateSection()
     mqtt: MqttSection = MqttSection()
     influx: InfluxSection = InfluxSection()
-    journal: JournalSection = JournalSection()
+    spool: SpoolSection = SpoolSection()
     buses: tuple[RtuBusConfig, ...] = Field(default=(), description="RS-485 lines")
     devices: tuple[DeviceConfig, ...] = Field(min_length=1)
     loop_groups: tuple[LoopGroupConfig, ...] = ()
@@ -143,6 +162,14 @@ class SiteConfig(Frozen):
                 raise ValueError(
                     f"devices {other!r} and {dev.id!r} share unit id {dev.unit_id} on {dev.bus}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _gmp_devices_exist(self) -> SiteConfig:
+        ids = {dev.id for dev in self.devices}
+        unknown = [d for d in self.spool.gmp_devices if d not in ids]
+        if unknown:
+            raise ValueError(f"spool.gmp_devices: no device {', '.join(map(repr, unknown))}")
         return self
 
     @model_validator(mode="after")

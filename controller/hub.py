@@ -7,11 +7,15 @@ here without touching pollers or sinks.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
-from controller.journal import Journal
+from controller.spool_budget import Gap, SpoolFull
+from controller.stream import Stream as Journal
 from controller.tagstore import TagStore
 from drivers.sample import Scan
+
+log = logging.getLogger(__name__)
 
 NO_BATCHES: Mapping[str, str] = {}
 
@@ -25,6 +29,7 @@ class Hub:
         self.scans = 0
         self.config_id: str | None = None  # short hash of the site file in force
         self.batches: Mapping[str, str] = NO_BATCHES  # device -> running batch id
+        self.full = False  # the spool refuses scans (budget full of GMP data, or disk failing)
 
     def publish(self, scan: Scan) -> int:
         """Record a scan; returns its journal sequence number.
@@ -34,7 +39,7 @@ class Hub:
         if not scan.backfill:
             self.store.update(scan)
         self.scans += 1
-        return self.journal.append(self._stamp(scan))
+        return self._append(scan)
 
     def latest(self, scan: Scan) -> None:
         """Update the latest values only: a record driver's state, which is not a record."""
@@ -43,7 +48,24 @@ class Hub:
     def record(self, scan: Scan) -> int:
         """Journal a device's own record (it may carry a subset of the device's tags)."""
         self.scans += 1
-        return self.journal.append(self._stamp(scan))
+        return self._append(scan)
+
+    def _append(self, scan: Scan) -> int:
+        """Into the stream; a full spool records the lost scan as a gap instead (never silent)."""
+        try:
+            seq = self.journal.append(self._stamp(scan))
+        except SpoolFull as exc:
+            if not self.full:
+                log.error("%s: GMP-critical scans refused, recorded as gaps", exc)  # noqa: TRY400
+            self.full = True
+            record_gap = getattr(self.journal, "record_gap", None)
+            if record_gap is not None:
+                record_gap(Gap(scan.t_scan_ns, scan.t_scan_ns, "spool full", (scan.device,), 1))
+            return -1
+        if self.full:
+            log.info("spool accepts scans again")
+            self.full = False
+        return seq
 
     def _stamp(self, scan: Scan) -> Scan:
         """The batch its device runs now and the config in force, when there are any.

@@ -2,8 +2,8 @@
 
 Every scan is appended once, in order, and each sink forwards from its own cursor and acks
 what the far side accepted, so a slow or unreachable sink never blocks polling or another
-sink. This in-memory journal keeps `max_scans`; the durability issue replaces it with a disk
-spool with the same interface (append / cursor / peek / ack).
+sink. This in-memory journal keeps `max_scans`; the daemon runs the durable disk spool
+(`controller/spool.py`) with the same interface; this one serves tools and tests.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections import deque
 
+from controller.spool_budget import Gap
 from drivers.sample import Scan
 
 log = logging.getLogger(__name__)
@@ -145,3 +146,15 @@ class Cursor:
         if seq > self.acked:
             self.acked = seq
             self._journal.trim()
+
+    @property
+    def gap_lag(self) -> int:
+        """The in-memory journal records no gaps (it loses them with everything else)."""
+        return 0
+
+    def peek_gaps(self, limit: int) -> list[tuple[int, Gap]]:
+        """None: see `gap_lag`."""
+        return []
+
+    def ack_gap(self, gap_id: int) -> None:
+        """Nothing to acknowledge."""

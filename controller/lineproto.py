@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import SupportsFloat
 
 from controller.config import SiteConfig
+from controller.spool_budget import Gap
 from drivers.sample import Quality, Sample, Scan
 
 _MEASUREMENT = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ "})
@@ -121,3 +122,18 @@ class LineFormatter:
         if self._reasons and sample.reason and sample.quality is not Quality.GOOD:
             text = f"{text},{keys[2]}{quote_string(sample.reason)}"
         return text
+
+
+def gap_lines(site: str, gap: Gap) -> list[str]:
+    """A data gap as measurement `gap`, one line per affected device, at the gap's start.
+
+    Fields: `end_ns`, `duration_s` and `scans` (known missing scans, 0 when unknown); tags
+    `cause` and `device`. The same series + timestamp on a retry overwrites, never doubles.
+    """
+    duration = format_float((gap.end_ns - gap.start_ns) / 1e9) or "0"
+    head = f"gap,site={escape_key(site)},cause={escape_key(gap.cause)}"
+    fields = f"end_ns={int(gap.end_ns)}i,duration_s={duration},scans={int(gap.scans)}i"
+    return [
+        f"{head},device={escape_key(device)} {fields} {int(gap.start_ns)}"
+        for device in gap.devices or ("*",)
+    ]

@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 
-from controller.journal import Cursor
+from controller.stream import StreamCursor as Cursor
 
 
 class DrainDeadline:

@@ -23,9 +23,9 @@ from influxdb_client.client.write_api_async import WriteApiAsync
 from influxdb_client.domain.write_precision import WritePrecision
 
 from controller.config import SiteConfig
-from controller.journal import Cursor
-from controller.lineproto import LineFormatter
+from controller.lineproto import LineFormatter, gap_lines
 from controller.sinks.drain import DrainDeadline
+from controller.stream import StreamCursor as Cursor
 from controller.watchdog import Heart, Liveness
 from drivers.backoff import Backoff
 from drivers.sample import Scan
@@ -65,6 +65,7 @@ class InfluxSink:
         if cfg.influx.url is None:
             raise ValueError("influx.url is not set: the InfluxDB sink is off")
         self._cfg = cfg.influx
+        self._site = cfg.site.id
         self._url = cfg.influx.url
         self._cursor = cursor
         self._formatter = LineFormatter(cfg)
@@ -102,6 +103,8 @@ class InfluxSink:
                     break
                 self._heart.busy(self._cfg.flush_interval_s + self._cfg.timeout_s * 2 + 30.0)
                 await self._coalesce()
+                if self._cursor.gap_lag:
+                    await self._deliver_gaps(api)
                 if self._drain.expired() or not await self._deliver(api):
                     log.error(
                         "InfluxDB: giving up at shutdown: %d scans not written to %s",
@@ -109,6 +112,17 @@ class InfluxSink:
                         self._url,
                     )
                     return
+
+    async def _deliver_gaps(self, api: WriteApiAsync) -> None:
+        """Recorded gaps as `gap` lines; on failure they wait for the next round."""
+        gaps = self._cursor.peek_gaps(100)
+        lines = [line for _, gap in gaps for line in gap_lines(self._site, gap)]
+        try:
+            await self._post(api, "\n".join(lines))
+        except (InfluxDBError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self._failed(f"gap records: {exc}", int(getattr(exc, "status", 0) or 0), None)
+            return
+        self._cursor.ack_gap(gaps[-1][0])
 
     async def _coalesce(self) -> None:
         """Let a batch fill for up to `flush_interval_s`, unless it is full or we are closing."""

@@ -24,8 +24,8 @@ import aiomqtt
 
 from controller.command_service import CommandService
 from controller.config import SiteConfig
-from controller.journal import Cursor
 from controller.sinks.drain import DrainDeadline
+from controller.stream import StreamCursor as Cursor
 from controller.watchdog import Heart, Liveness
 from drivers.backoff import Backoff
 from drivers.sample import Quality, Scan, utc_now_ns
@@ -298,6 +298,8 @@ class MqttSink:
             if not await self._cursor.wait():
                 break
             self._heart.busy(timeout_s * 3 + 30.0)  # a window of publishes, each timed out
+            if self._cursor.gap_lag:
+                await self._publish_gaps(client)
             if self._drain.expired():
                 log.error("MQTT: drain deadline passed: %d scans not published", self.lag)
                 return False
@@ -310,6 +312,24 @@ class MqttSink:
             self._cursor.ack(batch[-1][0])  # every publish of the window got its PUBACK
             self.stats.telemetry_published += len(batch)
         return True
+
+    async def _publish_gaps(self, client: aiomqtt.Client) -> None:
+        """Recorded gaps on `<prefix>/events/gap` (QoS 1), acked after their PUBACKs."""
+        timeout_s = self._cfg.mqtt.publish_timeout_s
+        gaps = self._cursor.peek_gaps(100)
+        for _, gap in gaps:
+            body = {
+                "start": iso_utc(gap.start_ns),
+                "end": iso_utc(gap.end_ns),
+                "duration_s": (gap.end_ns - gap.start_ns) / 1e9,
+                "cause": gap.cause,
+                "devices": list(gap.devices),
+                "scans": gap.scans,
+            }
+            await client.publish(
+                f"{self._prefix}/events/gap", _dumps(body), qos=1, timeout=timeout_s
+            )
+        self._cursor.ack_gap(gaps[-1][0])
 
     def _payload(self, seq: int, scan: Scan) -> bytes:
         meta = self._devices.get(scan.device)

@@ -83,7 +83,9 @@ async def site(
 ) -> AsyncIterator[tuple[Path, str]]:
     """A site file for two simulated incubators, their simulator process running."""
     site_id = f"e2e-{free_port()}"
-    text = f'[site]\nid = "{site_id}"\n[mqtt]\nurl = "{broker.url}"\n'
+    state = tmp_path / "state"
+    text = f'[site]\nid = "{site_id}"\n[state]\ndir = "{state}"\n'
+    text += f'[mqtt]\nurl = "{broker.url}"\n'
     text += f'[influx]\nurl = "{tsdb.url}"\ntoken = "test-token"\nflush_interval_s = 0.2\n'
     ports = [free_port(), free_port()]
     for i, port in enumerate(ports):

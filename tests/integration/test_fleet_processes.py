@@ -19,6 +19,8 @@ pytestmark = pytest.mark.integration
 FLEET = """
 [site]
 id = "{site}"
+[state]
+dir = "{state}"
 [mqtt]
 url = "{mqtt}"
 
@@ -131,6 +133,7 @@ async def test_every_family_runs_as_simulate_plus_run(tmp_path: Path, broker: Mo
     path.write_text(
         FLEET.format(
             site=site,
+            state=tmp_path / "state",
             mqtt=broker.url,
             inc_port=free_port(),
             pc_port=free_port(),

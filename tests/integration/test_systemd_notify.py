@@ -23,6 +23,8 @@ pytestmark = pytest.mark.integration
 SITE = """
 [site]
 id = "notify"
+[state]
+dir = "{state}"
 [[devices]]
 id = "inc-1"
 device_class = "co2_incubator"
@@ -39,7 +41,7 @@ probe_warmup_s = 0.0
 
 async def test_ready_then_watchdog_then_stopping(tmp_path: Path) -> None:
     path = tmp_path / "site.toml"
-    path.write_text(SITE.format(port=free_port()))
+    path.write_text(SITE.format(port=free_port(), state=tmp_path / "state"))
     sock_path = tmp_path / "notify.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(str(sock_path))

@@ -1,0 +1,493 @@
+"""The durable spool: the Journal's contract, on disk, bounded, and honest about losses."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from controller.journal import Journal
+from controller.spool import Spool, SpoolLocked
+from controller.spool_budget import (
+    BUDGET_CAUSE,
+    Budget,
+    Gap,
+    SpoolFull,
+    budget_hours_to_bytes,
+    mean_scan_bytes,
+)
+from controller.spool_codec import decode, encode, layout_of
+from drivers.sample import Quality, Sample, Scan
+
+BIG = 1 << 30
+
+
+def scan(i: int, device: str = "dev", tags: int = 1) -> Scan:
+    return Scan(device, i, tuple(Sample.good(f"t{k}", float(i), "u", i) for k in range(tags)))
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "spool.sqlite"
+
+
+@pytest.fixture
+def spool(path: Path) -> Iterator[Spool]:
+    with Spool(path, budget_bytes=BIG) as s:
+        yield s
+
+
+def statements(s: Spool) -> list[str]:
+    """Record every SQL statement the spool's connection runs from now on."""
+    seen: list[str] = []
+    s._db.set_trace_callback(seen.append)
+    return seen
+
+
+# --- the Journal's behaviours, for both -----------------------------------------------------
+
+
+class JournalLike:
+    """Journal and Spool behind one face: `commit` is a no-op for the Journal."""
+
+    def __init__(self, store: Journal | Spool) -> None:
+        self.store = store
+
+    def append(self, *scans: Scan) -> None:
+        for s in scans:
+            self.store.append(s)
+        if isinstance(self.store, Spool):
+            self.store.commit()
+
+
+@pytest.fixture(params=["journal", "spool"])
+def either(request: pytest.FixtureRequest, path: Path) -> Iterator[JournalLike]:
+    if request.param == "journal":
+        yield JournalLike(Journal(100))
+        return
+    with Spool(path, budget_bytes=BIG) as s:
+        yield JournalLike(s)
+
+
+def test_cursors_are_independent(either: JournalLike) -> None:
+    """A sink that acked does not move another sink's position."""
+    a, b = either.store.cursor("a"), either.store.cursor("b")
+    either.append(*(scan(i) for i in range(5)))
+    a.ack(a.peek(3)[-1][0])
+    assert [s.t_scan_ns for _, s in a.peek(10)] == [3, 4]
+    assert [s.t_scan_ns for _, s in b.peek(10)] == [0, 1, 2, 3, 4]
+    assert (a.lag, b.lag) == (2, 5)
+
+
+def test_peek_returns_the_same_until_acked(either: JournalLike) -> None:
+    """A failed delivery retries exactly the same scans, in order."""
+    cur = either.store.cursor("a")
+    either.append(*(scan(i) for i in range(3)))
+    assert cur.peek(2) == cur.peek(2)
+    cur.ack(cur.peek(2)[-1][0])
+    assert [s.t_scan_ns for _, s in cur.peek(2)] == [2]
+
+
+def test_ack_trims_what_every_cursor_has(either: JournalLike) -> None:
+    """Storage is released once all sinks acked a scan."""
+    a, b = either.store.cursor("a"), either.store.cursor("b")
+    either.append(*(scan(i) for i in range(4)))
+    a.ack(4)
+    either.append()
+    assert len(either.store.items_after(0, 10)) == 4
+    b.ack(2)
+    either.append()
+    assert len(either.store.items_after(0, 10)) == 2
+
+
+async def test_wait_wakes_on_append_and_ends_on_close(either: JournalLike) -> None:
+    """A sink waiting for data wakes when a scan is there, and learns the end after drain."""
+    cur = either.store.cursor("a")
+    waiter = asyncio.create_task(cur.wait())
+    await asyncio.sleep(0)  # let the waiter block: this is ordering, not timing
+    assert not waiter.done()
+    either.append(scan(1))
+    assert await waiter is True
+    either.store.close()
+    assert await cur.wait() is True  # still one pending
+    cur.ack(1)
+    assert await cur.wait() is False
+    with pytest.raises(RuntimeError):
+        either.store.append(scan(2))
+
+
+def test_duplicate_cursor_name_is_an_error(either: JournalLike) -> None:
+    """Two sinks cannot share a position by accident."""
+    either.store.cursor("a")
+    with pytest.raises(ValueError, match="exists"):
+        either.store.cursor("a")
+
+
+# --- write-ahead: committed before visible, one transaction per commit ------------------------
+
+
+async def test_cursors_see_only_committed_scans(spool: Spool) -> None:
+    """An appended scan is invisible (and does not wake a sink) until it is on disk."""
+    cur = spool.cursor("a")
+    waiter = asyncio.create_task(cur.wait())
+    seq = spool.append(scan(1))
+    await asyncio.sleep(0)
+    assert (cur.lag, cur.peek(10), waiter.done()) == (0, [], False)
+    assert spool.last_seq == seq and spool.committed_seq == 0
+    spool.commit()
+    assert await waiter is True
+    assert cur.peek(10) == [(seq, scan(1))]
+
+
+def test_one_transaction_per_commit(spool: Spool) -> None:
+    """A tick of 200 scans, a gap and two acks are written by exactly one transaction."""
+    a, b = spool.cursor("a"), spool.cursor("b")
+    spool.append(scan(0))
+    spool.commit()
+    seen = statements(spool)
+    for i in range(200):
+        spool.append(scan(i, f"dev{i}", tags=20))
+    spool.record_gap(Gap(1, 2, "device unreachable", ("x",)))
+    a.ack(1)
+    b.ack(1)
+    assert spool.commit() == 200
+    assert sum(s.startswith("BEGIN") for s in seen) == 1
+    assert sum(s == "COMMIT" for s in seen) == 1
+    assert sum(s.startswith("INSERT INTO scans_other") for s in seen) == 200  # executemany
+
+
+def test_scans_round_trip_exactly(path: Path) -> None:
+    """What a sink reads back from disk is the scan that was appended, field for field."""
+    odd = Scan(
+        "dev",
+        5,
+        (
+            Sample.good("a", 1.5, "degC", 7),
+            Sample.bad("b", "%", "timeout", 8),
+            Sample("c", 2.0, "bar", Quality.UNCERTAIN, 7, "stale", 3, 4),
+        ),
+        backfill=True,
+    )
+    with Spool(path, budget_bytes=BIG) as s:
+        s.cursor("a")
+        s.append(odd)
+        s.commit()
+    with Spool(path, budget_bytes=BIG) as s:
+        assert s.cursor("a").peek(5) == [(1, odd)]
+
+
+samples = st.builds(
+    Sample,
+    tag=st.text(min_size=1, max_size=8),
+    value=st.none() | st.floats(allow_nan=False),
+    unit=st.text(max_size=4),
+    quality=st.sampled_from(Quality),
+    t_receive_ns=st.integers(0, 2**62),
+    reason=st.none() | st.text(max_size=20),
+    t_device_ns=st.none() | st.integers(0, 2**62),
+    t_server_ns=st.none() | st.integers(0, 2**62),
+)
+
+
+@given(st.lists(samples, max_size=30), st.booleans())
+def test_codec_round_trips_any_scan(items: list[Sample], backfill: bool) -> None:
+    """Every sample field survives the packed blob, the plain and the general path."""
+    original = Scan("d", 9, tuple(items), backfill)
+    assert decode("d", 9, layout_of(original), encode(original)) == original
+
+
+# --- durability across reopen and crash ------------------------------------------------------
+
+
+def test_reopen_continues_sequence_and_cursor_positions(path: Path) -> None:
+    """After a restart seq numbers continue and each sink resumes from its persisted ack."""
+    with Spool(path, budget_bytes=BIG) as s:
+        a, b = s.cursor("a"), s.cursor("b")
+        for i in range(5):
+            s.append(scan(i))
+        s.commit()
+        a.ack(3)
+        s.commit()  # the ack is persisted with the next commit
+    with Spool(path, budget_bytes=BIG) as s:
+        assert s.previous_commit_ns is not None  # where a "daemon down" gap starts
+        a, b = s.cursor("a"), s.cursor("b")
+        assert (a.acked, b.acked) == (3, 0)
+        assert s.append(scan(5)) == 6
+        s.commit()
+        assert [q for q, _ in a.peek(10)] == [4, 5, 6]
+
+
+def test_crash_without_ack_redelivers_in_order(path: Path) -> None:
+    """A connection dropped without persisting acks means the same scans come again."""
+    s = Spool(path, budget_bytes=BIG)
+    cur = s.cursor("a")
+    for i in range(4):
+        s.append(scan(i))
+    s.commit()
+    cur.ack(2)  # acked in memory only: the next commit never happens
+    s._db.close()  # the process dies: no shutdown, no checkpoint
+    s._lock.close()
+    with Spool(path, budget_bytes=BIG) as again:
+        assert [(q, x.t_scan_ns) for q, x in again.cursor("a").peek(10)] == [
+            (1, 0),
+            (2, 1),
+            (3, 2),
+            (4, 3),
+        ]
+
+
+def test_sequence_survives_retention_of_everything(path: Path) -> None:
+    """Even with every scan acked and deleted, numbering never restarts."""
+    with Spool(path, budget_bytes=BIG) as s:
+        cur = s.cursor("a")
+        s.append(scan(0))
+        s.append(scan(1))
+        s.commit()
+        cur.ack(2)
+        s.commit()
+        assert s.items_after(0, 10) == []
+    with Spool(path, budget_bytes=BIG) as s:
+        assert s.append(scan(2)) == 3
+
+
+def test_second_process_is_refused(path: Path, spool: Spool) -> None:
+    """Two daemons on one spool would number scans twice; the second is refused."""
+    with pytest.raises(SpoolLocked, match="in use"):
+        Spool(path, budget_bytes=BIG)
+
+
+def test_acks_after_close_persist_at_once(path: Path) -> None:
+    """During the shutdown drain there is no flusher: an ack is written when it happens."""
+    s = Spool(path, budget_bytes=BIG)
+    cur = s.cursor("a")
+    s.append(scan(0))
+    s.close()
+    cur.ack(1)
+    s._db.close()
+    s._lock.close()
+    with Spool(path, budget_bytes=BIG) as again:
+        assert again.cursor("a").acked == 1
+
+
+def test_cleanup_is_chunked(path: Path) -> None:
+    """A long acked backlog is deleted a chunk per commit, not in one stalling sweep."""
+    with Spool(path, budget_bytes=BIG, cleanup_chunk=100) as s:
+        cur = s.cursor("a")
+        for i in range(350):
+            s.append(scan(i))
+        s.commit()
+        cur.ack(350)
+        held = []
+        for _ in range(5):
+            s.commit()
+            held.append(len(s.items_after(0, 1000)))
+        assert held == [250, 150, 50, 0, 0]
+
+
+# --- the disk budget ---------------------------------------------------------------------
+
+
+def test_budget_hours_to_bytes() -> None:
+    """An hour at 200 scans/s of 200-byte scans is sized with the per-row overhead."""
+    assert budget_hours_to_bytes(200, 200, 1) == 200 * 3600 * (200 + 48)
+    assert mean_scan_bytes(20) == len(encode(scan(0, tags=20)))
+    with pytest.raises(ValueError, match="negative"):
+        budget_hours_to_bytes(-1, 200, 1)
+
+
+def fill(s: Spool, device: str, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        s.append(scan(i, device, tags=20))
+        s.commit()
+
+
+def test_budget_drops_oldest_non_gmp_first_and_records_the_gap(path: Path) -> None:
+    """At the limit the oldest non-GMP scans go, GMP scans stay, and the span is a gap."""
+    alarms: list[tuple[bool, float]] = []
+    with Spool(
+        path,
+        budget_bytes=300_000,
+        gmp_devices={"bioreactor"},
+        synchronous="NORMAL",
+        on_alarm=lambda on, f: alarms.append((on, f)),
+    ) as s:
+        cur = s.cursor("influx")
+        for i in range(1500):  # interleaved: GMP and non-GMP scans side by side
+            s.append(scan(i, "bioreactor" if i % 2 else "fridge", tags=20))
+            if i % 10 == 9:
+                s.commit()
+        assert s.dropped > 0
+        assert s.usage_fraction <= 1.0
+        kept = s.items_after(0, 10_000)
+        gmp = [x for _, x in kept if x.device == "bioreactor"]
+        assert len(gmp) == 750  # every GMP scan is still there
+        fridge = [x.t_scan_ns for _, x in kept if x.device == "fridge"]
+        assert fridge == list(range(1500 - 2 * len(fridge), 1500, 2))  # the newest survive
+        gaps = s.gaps()
+        assert gaps and all(g.cause == BUDGET_CAUSE and g.devices == ("fridge",) for g in gaps)
+        assert gaps[0].start_ns == 0
+        assert sum(g.scans for g in gaps) == s.dropped == 750 - len(fridge)
+        assert [g for _, g in cur.peek_gaps(100)] == gaps  # delivered to the sinks too
+        assert alarms[0][0] is True and alarms[0][1] >= 0.8
+        assert next(x.t_scan_ns for _, x in cur.peek(3)) in (1, min(fridge))
+
+
+def test_only_gmp_left_refuses_with_spool_full(path: Path) -> None:
+    """With nothing but GMP data the spool refuses the append instead of dropping any."""
+    with Spool(path, budget_bytes=200_000, gmp_devices={"bioreactor"}, synchronous="NORMAL") as s:
+        s.cursor("influx")
+        with pytest.raises(SpoolFull, match="GMP"):
+            fill(s, "bioreactor", 10_000)
+        held = s.items_after(0, 100_000)
+        assert [x.t_scan_ns for _, x in held] == list(range(len(held)))  # none dropped
+        assert s.dropped == 0 and s.gaps() == []
+        refused = s.last_seq
+        with pytest.raises(SpoolFull):
+            s.append(scan(99_999, "fridge", tags=20))
+        assert s.last_seq == refused  # a refused scan takes no sequence number
+
+
+def test_hub_records_refusals_as_one_gap(spool: Spool) -> None:
+    """Gaps of one cause recorded within a commit merge into one span."""
+    spool.record_gap(Gap(10, 10, "spool full", ("a",), 1))
+    spool.record_gap(Gap(20, 20, "spool full", ("b",), 1))
+    spool.record_gap(Gap(5, 30, "device unreachable", ("c",)))
+    spool.commit()
+    assert spool.gaps() == [
+        Gap(10, 20, "spool full", ("a", "b"), 2),
+        Gap(5, 30, "device unreachable", ("c",)),
+    ]
+    assert spool.gaps(since_ns=25) == [Gap(5, 30, "device unreachable", ("c",))]
+
+
+def test_gap_positions_persist_and_redeliver(path: Path) -> None:
+    """Gaps reach every cursor in order, are acked per cursor, and survive a restart."""
+    with Spool(path, budget_bytes=BIG) as s:
+        a, b = s.cursor("a"), s.cursor("b")
+        s.record_gap(Gap(1, 2, "device unreachable", ("x",)))
+        s.commit()
+        s.record_gap(Gap(3, 4, "daemon down", ()))
+        s.commit()
+        assert (a.gap_lag, b.gap_lag) == (2, 2)
+        a.ack_gap(a.peek_gaps(1)[0][0])
+        assert [g.cause for _, g in a.peek_gaps(10)] == ["daemon down"]
+        s.commit()
+    with Spool(path, budget_bytes=BIG) as s:
+        a, b = s.cursor("a"), s.cursor("b")
+        assert (a.gap_lag, b.gap_lag) == (1, 2)
+        assert [g.cause for _, g in b.peek_gaps(10)] == ["device unreachable", "daemon down"]
+
+
+def test_usage_fraction_grows_and_shrinks(path: Path) -> None:
+    """Usage counts buffered scans, and falls again once sinks acked and cleanup ran."""
+    with Spool(path, budget_bytes=10_000_000) as s:
+        cur = s.cursor("a")
+        empty = s.usage_fraction
+        for i in range(500):
+            s.append(scan(i, tags=20))
+        buffered = s.usage_fraction
+        s.commit()
+        full = s.usage_fraction
+        cur.ack(500)
+        s.commit()
+        assert empty < buffered and empty < full
+        assert s.usage_fraction < full
+
+
+def test_alarm_raises_at_80_percent_and_clears_below_75() -> None:
+    """One alarm per episode: raised at 80 %, held at 78 %, cleared at 70 %."""
+    calls: list[bool] = []
+    budget = Budget(1000, lambda on, _f: calls.append(on))
+    for used in (500, 800, 780, 810, 700, 790):
+        budget.used = used
+        budget.check_alarm()
+    assert calls == [True, False]
+
+
+def test_gmp_set_change_applies_to_held_scans(path: Path) -> None:
+    """A device made GMP-critical in the config is protected for what is already held."""
+    with Spool(path, budget_bytes=BIG) as s:
+        s.cursor("a")
+        fill(s, "fridge", 5)
+    with Spool(path, budget_bytes=BIG, gmp_devices={"fridge"}) as s:
+        assert s.budget.droppable == 0
+    with Spool(path, budget_bytes=BIG) as s:
+        assert s.budget.droppable > 0
+
+
+# --- a full disk ---------------------------------------------------------------------------
+
+
+def cap_pages(s: Spool, extra: int) -> None:
+    """Let the file grow only `extra` pages beyond its size: SQLite then says SQLITE_FULL."""
+    (pages,) = s._db.execute("PRAGMA page_count").fetchone()
+    s._db.execute(f"PRAGMA max_page_count = {pages + extra}")
+
+
+def test_full_disk_keeps_scans_buffered_and_recovers(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLITE_FULL is logged once naming the file; nothing is lost; space returns, all lands."""
+    with Spool(path, budget_bytes=BIG) as s:
+        cur = s.cursor("a")
+        fill(s, "dev", 3)
+        cap_pages(s, 2)
+        with caplog.at_level(logging.ERROR):
+            for i in range(3, 300):
+                s.append(scan(i, tags=20))
+                s.commit()
+        assert s.failing and s.buffered > 0
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and str(path) in errors[0].getMessage()
+        assert "full" in errors[0].getMessage()
+        visible = cur.lag
+        assert visible < 300 and [x.t_scan_ns for _, x in cur.peek(1000)] == list(range(visible))
+        s._db.execute("PRAGMA max_page_count = 1073741823")  # space returns
+        s.commit()
+        assert not s.failing and s.buffered == 0
+        assert [x.t_scan_ns for _, x in cur.peek(1000)] == list(range(300))
+
+
+def test_memory_buffer_is_bounded(path: Path) -> None:
+    """While commits fail the buffer holds at most max_buffered_scans, then refuses loudly."""
+    with Spool(path, budget_bytes=BIG, max_buffered_scans=50) as s:
+        s.cursor("a")
+        fill(s, "dev", 2)
+        cap_pages(s, 0)
+        with pytest.raises(SpoolFull, match="commits failing"):
+            fill(s, "dev", 100, start=2)
+        assert s.buffered == 50
+
+
+async def test_flusher_commits_checkpoints_then_stops_at_close(path: Path) -> None:
+    """The background task commits appended scans and ends once the spool is closed."""
+    with Spool(path, budget_bytes=BIG) as s:
+        cur = s.cursor("a")
+        task = asyncio.create_task(s.run(flush_interval_s=0.01, checkpoint_interval_s=0.01))
+        s.append(scan(1))
+        assert await asyncio.wait_for(cur.wait(), 5) is True
+        assert s.committed_seq == 1
+        async with asyncio.timeout(5):  # the worker thread syncs and checkpoints the WAL
+            while s.checkpoints == 0:  # noqa: ASYNC110 -- a counter, polled within a deadline
+                await asyncio.sleep(0.01)
+        s.close()
+        await asyncio.wait_for(task, 5)
+
+
+def test_batch_and_config_stamps_survive_the_disk(path: Path) -> None:
+    """A scan the hub stamped comes back from the file with its batch and config hash."""
+    stamped = scan(1)._replace(batch="LOT-1", config="0123456789ab")
+    with Spool(path, budget_bytes=BIG) as s:
+        s.cursor("influx")
+        s.append(stamped)
+        s.append(scan(2))
+        s.commit()
+    with Spool(path, budget_bytes=BIG, cache_scans=1) as s:
+        (first, second) = [sc for _, sc in s.cursor("influx").peek(10)]
+    assert (first.batch, first.config) == ("LOT-1", "0123456789ab")
+    assert (second.batch, second.config) == (None, None)
