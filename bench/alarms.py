@@ -37,11 +37,11 @@ MIX += ["quality", "n_of_m"]
 def config(j: int, rng: np.random.Generator) -> AlarmConfig:
     """Alarm j of the mix; limits near 0 (rates 30/min), delays on one alarm in five."""
     kind = MIX[j % len(MIX)]
-    c: dict[str, Any] = {"id": f"a{j}", "tag": f"dev{j // 20}/t{j % 20}", "kind": kind}
+    c: dict[str, Any] = {"id": f"a{j}", "tag": f"dev{j // 20}.t{j % 20}", "kind": kind}
     c["priority"] = ["low", "low", "low", "medium", "high"][j % 5]
     c["latch"] = j % 7 == 0
     if j % 11 == 0:
-        c["suppress_when"] = {"tag": "br/state", "equals": 0.0}
+        c["suppress_when"] = {"tag": "br.state", "equals": 0.0}
     slow = j % 5 == 0
     if kind == "discrete":
         return AlarmConfig.model_validate(c | {"state": 1.0, "for_s": 2.0 if slow else 0.0})
@@ -54,7 +54,7 @@ def config(j: int, rng: np.random.Generator) -> AlarmConfig:
     if kind == "roc":
         return AlarmConfig.model_validate(c | {"rate_per_min": 30.0})
     if kind == "deviation":  # ±1.5 from the set point when abnormal, 0.1 otherwise
-        return AlarmConfig.model_validate(c | {"limit": 1.0, "setpoint_tag": "loop/sp"})
+        return AlarmConfig.model_validate(c | {"limit": 1.0, "setpoint_tag": "loop.sp"})
     return AlarmConfig.model_validate(c | {"limit": float(rng.normal(0.0, 0.01))})
 
 
@@ -118,7 +118,7 @@ def line(case: str, n: int, ours: float, baseline: float, **extra: float) -> str
         "n": n,
         "ours": round(ours, 2),
         "baseline": round(baseline, 2),
-        "unit": "us/tick",
+        "unit": "us.tick",
         "ratio": round(baseline / ours, 1),
     }
     record.update({k: round(v, 4) for k, v in extra.items()})

@@ -17,14 +17,19 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from controller import sdnotify
 from controller.access_config import UserKey, load_keys
+from controller.alarm_service import AlarmService, RoomTag, cleanroom_alarms, room_stream
+from controller.alarms import AlarmEvent
 from controller.audit import AuditTrail, trail_path
+from controller.batch_archive import ArchiveWriteError, BatchArchive, archive_path
 from controller.batches import BatchRegistry
+from controller.command_service import audit_event
 from controller.config import SiteConfig
 from controller.control_plane import ControlPlane, has_controls
+from controller.health import payload as health_payload
 from controller.health import publish_health
 from controller.hub import Hub
 from controller.loops import LoopGroup, Writer, loop_tags
@@ -36,6 +41,7 @@ from controller.sinks.influx import InfluxSink
 from controller.sinks.mqtt import MqttSink
 from controller.spool import Spool
 from controller.spool_budget import Gap, budget_hours_to_bytes, mean_scan_bytes
+from controller.spool_events import JSON, Event
 from controller.tagstore import TagStore
 from controller.watchdog import Liveness, feed, watchdog_interval_s
 from drivers.base import Driver
@@ -79,10 +85,12 @@ class DeviceRun:
 
 
 def _store(cfg: SiteConfig, devices: Mapping[str, DeviceRun], units: Mapping[str, str]) -> TagStore:
+    rooms = cfg.cleanroom.rooms if cfg.cleanroom else ()
     return TagStore(
         [
             *((dev_id, run.driver.tags) for dev_id, run in devices.items()),
             *((lp.id, loop_tags(units[lp.pv], units[lp.output])) for lp in cfg.loops),
+            *((room_stream(room.id), (RoomTag(),)) for room in rooms),
         ]
     )
 
@@ -119,6 +127,15 @@ def open_spool(cfg: SiteConfig) -> Spool:
     )
 
 
+def _close_archive(archive: BatchArchive) -> None:
+    """Last commit (scans of the shutdown itself), then close."""
+    try:
+        archive.commit()
+    except ArchiveWriteError as exc:
+        log.error("batch archive: %d rows not written at shutdown: %s", archive.pending, exc)  # noqa: TRY400
+    archive.close()
+
+
 def _spool_alarm(active: bool, fraction: float) -> None:
     if active:
         log.error("spool at %.0f %% of its disk budget: a sink is down for long", fraction * 100)
@@ -151,11 +168,23 @@ class Daemon:
         self.hub.config_id = source.sha256[:12] if source else None
         self.controls = has_controls(cfg)
         self.batches = BatchRegistry(cfg.state.dir) if self.controls else None
+        self.archive: BatchArchive | None = None
         if self.batches is not None:
             self.hub.batches = self.batches.by_device
+            self.archive = BatchArchive(archive_path(cfg.state.dir))
+            self.hub.archive = self.archive
+        self.alarms = self._alarm_service(cfg)
         self.control = ControlPlane(
-            cfg, self.store, _writers(self.devices), units, keys or {}, batches=self.batches
+            cfg,
+            self.store,
+            _writers(self.devices),
+            units,
+            keys or {},
+            batches=self.batches,
+            alarms=self.alarms,
         )
+        if self.commands is not None:
+            self.commands.record_event = self.journal.record_event
         self.trail: AuditTrail | None = None
         self.sinks: dict[str, Sink] = {}
         if cfg.influx.url:
@@ -177,6 +206,71 @@ class Daemon:
         self._tg: asyncio.TaskGroup | None = None
         self._loop_tasks: dict[int, asyncio.Task[None]] = {}
         self._loop_stops: dict[int, asyncio.Event] = {}
+
+    def _alarm_service(self, cfg: SiteConfig) -> AlarmService | None:
+        """The configured alarms and the cleanroom's, or None when there are none."""
+        alarms = [*cfg.alarms, *cleanroom_alarms(cfg.cleanroom)]
+        rooms = {room.id: room.state for room in cfg.cleanroom.rooms} if cfg.cleanroom else {}
+        if not alarms and not rooms:
+            return None
+        return AlarmService(
+            alarms,
+            self.store,
+            rooms,
+            publish_state=self._publish_state,
+            record_event=self._alarm_event,
+            record_scan=self.hub.publish,
+        )
+
+    def _publish_state(self, suffix: str, payload: bytes) -> None:
+        """A retained state topic (`alarms/<id>`, `health` …) when MQTT is configured."""
+        mqtt = self.sinks.get("mqtt")
+        if isinstance(mqtt, MqttSink):
+            mqtt.set_state(suffix, payload)
+
+    def _alarm_event(self, event: AlarmEvent) -> None:
+        body = cast("dict[str, JSON]", {k: v for k, v in event.as_dict().items() if k != "ts"})
+        self.journal.record_event(Event(event.t_ns, "alarm", event.alarm, body))
+        if self.archive is not None and self.alarms is not None:
+            cfg = self.alarms.engine.table.configs[self.alarms.engine.index(event.alarm)]
+            stream = cfg.tag.rsplit(".", 1)[0]
+            batch = self.hub.batches.get(stream.split(".", 1)[0])
+            if batch is not None:
+                self.archive.record_event(batch, event.t_ns, "alarm", stream, event.as_dict())
+
+    async def _archive_commits(self, archive: BatchArchive, stop: asyncio.Event) -> None:
+        """The batch archive's buffered rows, committed once a second in a worker thread."""
+        failing = False
+        while True:
+            stopping = stop.is_set()
+            try:
+                await asyncio.to_thread(archive.commit)
+            except ArchiveWriteError as exc:
+                if not failing:
+                    log.error("batch archive: %s; rows kept and retried", exc)  # noqa: TRY400
+                failing = True
+            else:
+                if failing:
+                    log.info("batch archive: writing again")
+                failing = False
+            if stopping:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def _alarm_health(self, service: AlarmService, stop: asyncio.Event) -> None:
+        """ISA-18.2 / EEMUA 191 health: retained on `<prefix>/alarm_health`, and an event."""
+        period = self.cfg.alarm_engine.health_period_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period)
+            if stop.is_set():
+                return
+            t_ns = utc_now_ns()
+            doc = service.health_doc(t_ns)
+            self._publish_state("alarm_health", health_payload(doc))
+            body = cast("dict[str, JSON]", {k: v for k, v in doc.items() if k != "ts"})
+            self.journal.record_event(Event(t_ns, "alarm_health", self.cfg.site.id, body))
 
     # --- views the CLI, demo, benches and tests use -----------------------------------
     @property
@@ -241,6 +335,13 @@ class Daemon:
                     self._start_device(run)
                 for group in self.loop_groups:
                     self._start_group(group)
+                if self.archive is not None:
+                    stack.callback(_close_archive, self.archive)
+                    tg.create_task(self._archive_commits(self.archive, stop), name="archive")
+                if self.alarms is not None:
+                    period = self.cfg.alarm_engine.period_s
+                    tg.create_task(self.alarms.run(stop, period), name="alarms")
+                    tg.create_task(self._alarm_health(self.alarms, stop), name="alarm-health")
                 tg.create_task(self._announce_ready(), name="ready")
                 tg.create_task(self._reloads(stop), name="reload")
                 mqtt = self.sinks.get("mqtt")
@@ -397,6 +498,8 @@ class Daemon:
         # 3. one synchronous switch: store, devices, config; then the new tasks start
         store.carry_from(self.store)
         self.hub.store = store
+        if self.alarms is not None:
+            self.alarms.rebind(store)
         self.devices = new_runs
         self.cfg = new
         for sink in self.sinks.values():
@@ -415,7 +518,7 @@ class Daemon:
         if self.trail is None:
             return
         src = self.source
-        await asyncio.to_thread(
+        record = await asyncio.to_thread(
             self.trail.append,
             user="system",
             role="system",
@@ -427,6 +530,7 @@ class Daemon:
             client=f"cellfab {cellfab_version()}",
             result=result,
         )
+        self.journal.record_event(audit_event(record))
 
     async def _audit_quietly(self, new: str | None, result: str, old: str | None = None) -> None:
         """A reload record; a failing trail is logged, the reload itself already happened."""

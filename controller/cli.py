@@ -1,4 +1,4 @@
-"""`cellfab` command line: run, check, simulate, demo, audit, cmd, backup, restore.
+"""`cellfab` command line: run, check, simulate, demo, audit, cmd, backup, restore, report.
 
 Exit codes: 0 ok, 2 invalid configuration (every error listed as `FILE: path.to.key: msg`),
 1 anything else.
@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from controller import backup, cmd_cli
+from controller import backup, batch_report, cmd_cli
 from controller.configload import ConfigError, load_site
 from controller.logsetup import setup_logging
 
@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cmd_cli.add_parser(sub)
     backup.add_parsers(sub)
+    batch_report.add_parser(sub)
 
     demo = sub.add_parser(
         "demo",

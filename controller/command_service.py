@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from controller.audit import AuditTrail
-from controller.audit_record import AuditRecord, AuditValue
+from controller.audit_record import AuditRecord
 from controller.authz import Verifier
 from controller.commands import Accepted, SealFields, reply_payload, reply_topic
 from controller.plant import ActionFailed, LoopPlant
+from controller.spool_events import JSON, Event
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class CommandService:
         self._clock = clock
         self.accepted = 0
         self.refused = 0
+        self.record_event: Callable[[Event], None] | None = None  # the stream's, once wired
 
     @property
     def subscription(self) -> str:
@@ -93,10 +95,13 @@ class CommandService:
         return out
 
     async def _audit(self, fields: SealFields) -> list[Message]:
+        """Make the record durable; it then goes out as an `audit` event (InfluxDB, MQTT)."""
         if self.trail is None:
             return []
         record: AuditRecord = await asyncio.to_thread(self.trail.append, **fields)
-        return [Message(f"{self._prefix}/events/audit", _event(record.to_event()))]
+        if self.record_event is not None:
+            self.record_event(audit_event(record))
+        return []
 
     async def _audit_quietly(self, fields: SealFields) -> list[Message]:
         try:
@@ -126,5 +131,8 @@ class CommandService:
         return [Message(f"{self._prefix}/reply/{request_id}", payload)]
 
 
-def _event(event: dict[str, AuditValue]) -> bytes:
-    return json.dumps(event, separators=(",", ":"), allow_nan=False).encode()
+def audit_event(record: AuditRecord) -> Event:
+    """An audit record as a stream event: `<prefix>/events/audit`, InfluxDB `audit_events`."""
+    body: dict[str, JSON] = dict(record.to_event())
+    t_ns = int(record.time.timestamp() * 1_000_000) * 1000
+    return Event(t_ns, "audit", record.obj or record.action, body)

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from controller.access_config import CommandsSection, RoleConfig, UserConfig, access_problems
+from controller.alarms import AlarmConfig
+from controller.cleanroom.rooms import CleanroomConfig
 from controller.loops_config import CommandTag, LoopConfig, LoopGroupConfig
 from drivers.modbus_rtu import ModbusRtuConfig
 from drivers.registermap import Frozen
@@ -20,6 +22,7 @@ from drivers.registry import DeviceConfig
 from drivers.rtubus import RtuBusConfig
 
 LOOP_CLASS = "pid_loop"  # measurement / device_class of the loops' own data
+ROOM_CLASS = "room"  # a room's operational state (at rest / in operation)
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
@@ -92,6 +95,13 @@ class InfluxSection(Frozen):
         return url
 
 
+class AlarmEngineSection(Frozen):
+    """How often alarms are evaluated and the alarm system's health is published."""
+
+    period_s: float = Field(default=1.0, gt=0.0, le=60.0, description="alarm evaluation tick")
+    health_period_s: float = Field(default=60.0, ge=1.0, le=3600.0)
+
+
 class SpoolSection(Frozen):
     """The durable spool between pollers and sinks (`<state.dir>/spool.sqlite`, docs/spool.md).
 
@@ -132,6 +142,9 @@ class SiteConfig(Frozen):
     command_tags: tuple[CommandTag, ...] = Field(
         default=(), description="writable tags the `write` command may set, with limits"
     )
+    alarms: tuple[AlarmConfig, ...] = Field(default=(), description="ISA-18.2 alarms")
+    alarm_engine: AlarmEngineSection = AlarmEngineSection()
+    cleanroom: CleanroomConfig | None = Field(default=None, description="rooms, grades, ΔP")
     users: tuple[UserConfig, ...] = Field(default=(), description="who may sign commands")
     roles: tuple[RoleConfig, ...] = ()
     commands: CommandsSection = CommandsSection()
@@ -188,7 +201,7 @@ class SiteConfig(Frozen):
         return self
 
     def streams(self) -> dict[str, tuple[str, str]]:
-        """Every source of scans -> (device_class, area): the devices, then the loops.
+        """Every source of scans -> (device_class, area): the devices, the loops, the rooms.
 
         A loop reports its terms like a device reports its tags, under its own id
         (`device.loop`), in the area of the device it controls.
@@ -196,6 +209,8 @@ class SiteConfig(Frozen):
         out = {dev.id: (dev.device_class, dev.area) for dev in self.devices}
         for loop in self.loops:
             out[loop.id] = (LOOP_CLASS, out[loop.device][1] if loop.device in out else "")
+        for room in self.cleanroom.rooms if self.cleanroom else ():
+            out[f"room.{room.id}"] = (ROOM_CLASS, room.id)
         return out
 
     @property

@@ -16,8 +16,9 @@ from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
+from controller.alarm_service import cleanroom_alarms, derived_tags
 from controller.config import SiteConfig
-from controller.loops_check import catalog, loop_problems
+from controller.loops_check import alarm_problems, catalog, loop_problems
 from drivers.opcua_config import OpcUaConfig, with_profile
 from drivers.registermap import RegisterMap
 from drivers.registry import DRIVER_NAMES, AnyDeviceConfig
@@ -192,7 +193,15 @@ def _resolve(cfg: SiteConfig, path: Path, *, read_secrets: bool) -> SiteConfig:
     if errors:
         raise ConfigError(errors)
     groups = [g.id for g in cfg.loop_groups]
-    refs = loop_problems(cfg.loops, cfg.command_tags, groups, catalog(devices))
+    tags = catalog(devices)
+    refs = loop_problems(cfg.loops, cfg.command_tags, groups, tags)
+    refs += alarm_problems(cfg.alarms, tags, derived_tags(cfg))
+    if cfg.cleanroom is not None:
+        rules = cleanroom_alarms(cfg.cleanroom)
+        refs += [
+            ("cleanroom", msg.replace("alarms.", "rule ", 1))
+            for _, msg in alarm_problems(rules, tags, derived_tags(cfg))
+        ]
     if refs:
         raise ConfigError([f"{path}: {at}: {msg}" for at, msg in refs])
     return cfg.model_copy(update={"devices": tuple(devices), "influx": influx, "mqtt": mqtt})

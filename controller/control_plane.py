@@ -37,9 +37,10 @@ class ControlPlane:
         keys: Mapping[str, UserKey],
         *,
         batches: BatchRegistry | None = None,
+        alarms: AlarmDesk | None = None,
     ) -> None:
         self.batches = batches
-        self.alarms: AlarmDesk | None = None
+        self.alarms = alarms
         self.groups: list[LoopGroup] = groups_of(cfg.loop_groups, cfg.loops, store, writers, units)
         self.plant = self._plant(cfg, store, writers)
         self.commands: CommandService | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Protocol
 
 from controller.spool_budget import Gap, SpoolFull
 from controller.stream import Stream as Journal
@@ -18,6 +19,12 @@ from drivers.sample import Scan
 log = logging.getLogger(__name__)
 
 NO_BATCHES: Mapping[str, str] = {}
+
+
+class Recorder(Protocol):
+    """Keeps scans taken under a batch for the batch record (controller/batch_archive.py)."""
+
+    def record(self, scan: Scan) -> None: ...
 
 
 class Hub:
@@ -30,6 +37,7 @@ class Hub:
         self.config_id: str | None = None  # short hash of the site file in force
         self.batches: Mapping[str, str] = NO_BATCHES  # device -> running batch id
         self.full = False  # the spool refuses scans (budget full of GMP data, or disk failing)
+        self.archive: Recorder | None = None  # the batch archive: scans taken under a batch
 
     def publish(self, scan: Scan) -> int:
         """Record a scan; returns its journal sequence number.
@@ -52,8 +60,11 @@ class Hub:
 
     def _append(self, scan: Scan) -> int:
         """Into the stream; a full spool records the lost scan as a gap instead (never silent)."""
+        stamped = self._stamp(scan)
+        if stamped.batch is not None and self.archive is not None:
+            self.archive.record(stamped)
         try:
-            seq = self.journal.append(self._stamp(scan))
+            seq = self.journal.append(stamped)
         except SpoolFull as exc:
             if not self.full:
                 log.error("%s: GMP-critical scans refused, recorded as gaps", exc)  # noqa: TRY400

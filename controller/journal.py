@@ -3,7 +3,8 @@
 Every scan is appended once, in order, and each sink forwards from its own cursor and acks
 what the far side accepted, so a slow or unreachable sink never blocks polling or another
 sink. This in-memory journal keeps `max_scans`; the daemon runs the durable disk spool
-(`controller/spool.py`) with the same interface; this one serves tools and tests.
+(`controller/spool.py`) with the same interface, events included; this one serves tools
+and tests.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from collections import deque
 
 from controller.spool_budget import Gap
+from controller.spool_events import Event
 from drivers.sample import Scan
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,8 @@ class Journal:
     def __init__(self, max_scans: int) -> None:
         self._max = max_scans
         self._items: deque[tuple[int, Scan]] = deque()
+        self._events: deque[tuple[int, Event]] = deque()
+        self._last_event = 0
         self._next_seq = 1
         self._cursors: dict[str, Cursor] = {}
         self._changed = asyncio.Event()
@@ -45,7 +49,8 @@ class Journal:
         if name in self._cursors:
             raise ValueError(f"journal cursor {name!r} exists already")
         start = self._items[0][0] - 1 if self._items else self.last_seq
-        cur = Cursor(self, name, start)
+        event_start = self._events[0][0] - 1 if self._events else self._last_event
+        cur = Cursor(self, name, start, event_start)
         self._cursors[name] = cur
         return cur
 
@@ -62,6 +67,25 @@ class Journal:
         self._wake()
         return seq
 
+    def record_event(self, event: Event) -> None:
+        """Add an event (kept until every cursor acked it; never dropped for room)."""
+        self._last_event += 1
+        if self._cursors:  # as for scans: with no consumer there is nobody to keep it for
+            self._events.append((self._last_event, event))
+        self._wake()
+
+    @property
+    def last_event_id(self) -> int:
+        """Id of the newest event (0 before the first)."""
+        return self._last_event
+
+    def events_after(self, event_id: int, limit: int) -> list[tuple[int, Event]]:
+        """Up to `limit` events with an id above `event_id`, oldest first."""
+        if not self._events or limit <= 0:
+            return []
+        start = max(0, event_id + 1 - self._events[0][0])
+        return [self._events[i] for i in range(start, min(len(self._events), start + limit))]
+
     def close(self) -> None:
         """No more appends: cursors drain what is left, then report the end."""
         self._closed = True
@@ -76,12 +100,15 @@ class Journal:
         return [self._items[i] for i in range(start, min(len(self._items), start + limit))]
 
     def trim(self) -> None:
-        """Forget scans every cursor has acked."""
+        """Forget scans and events every cursor has acked."""
         if not self._cursors:
             return
         low = min(c.acked for c in self._cursors.values())
         while self._items and self._items[0][0] <= low:
             self._items.popleft()
+        low_event = min(c.event_acked for c in self._cursors.values())
+        while self._events and self._events[0][0] <= low_event:
+            self._events.popleft()
 
     async def changed(self) -> None:
         """Wait for the next append or the close."""
@@ -110,10 +137,11 @@ class Journal:
 class Cursor:
     """One consumer's position: `peek` what is pending, `ack` what the far side accepted."""
 
-    def __init__(self, journal: Journal, name: str, acked: int) -> None:
+    def __init__(self, journal: Journal, name: str, acked: int, event_acked: int = 0) -> None:
         self._journal = journal
         self.name = name
         self.acked = acked
+        self.event_acked = event_acked
 
     @property
     def closed(self) -> bool:
@@ -130,8 +158,11 @@ class Cursor:
         return self._journal.last_seq - self.acked
 
     async def wait(self) -> bool:
-        """Wait until something is pending; False when the journal is closed and drained."""
-        while self.lag == 0:
+        """Wait until a scan or event is pending; False when closed and all drained.
+
+        True does not mean `peek` has scans: it may be only events (check the lags).
+        """
+        while self.lag == 0 and self.event_lag == 0:
             if self._journal.closed:
                 return False
             await self._journal.changed()
@@ -158,3 +189,18 @@ class Cursor:
 
     def ack_gap(self, gap_id: int) -> None:
         """Nothing to acknowledge."""
+
+    @property
+    def event_lag(self) -> int:
+        """Events recorded but not yet acked by this consumer."""
+        return self._journal.last_event_id - self.event_acked
+
+    def peek_events(self, limit: int) -> list[tuple[int, Event]]:
+        """Up to `limit` pending events, oldest first (the same ones until acked)."""
+        return self._journal.events_after(self.event_acked, limit)
+
+    def ack_event(self, event_id: int) -> None:
+        """Events up to and including `event_id` are delivered."""
+        if event_id > self.event_acked:
+            self.event_acked = min(event_id, self._journal.last_event_id)
+            self._journal.trim()

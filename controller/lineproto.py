@@ -9,12 +9,14 @@ failed read is a recorded gap, never a 0 (docs/influx.md).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import SupportsFloat
 
 from controller.config import SiteConfig
 from controller.spool_budget import Gap
+from controller.spool_events import Event
 from drivers.sample import Quality, Sample, Scan
 
 _MEASUREMENT = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ "})
@@ -137,3 +139,45 @@ def gap_lines(site: str, gap: Gap) -> list[str]:
         f"{head},device={escape_key(device)} {fields} {int(gap.start_ns)}"
         for device in gap.devices or ("*",)
     ]
+
+
+EVENT_MEASUREMENTS = {"alarm": "alarm_events", "audit": "audit_events"}
+EVENT_TAGS = {"alarm": ("priority", "cause", "to"), "audit": ("action", "user")}
+
+
+def event_line(site: str, event: Event) -> str:
+    """An event as one line: measurement `alarm_events` / `audit_events` / `<kind>`.
+
+    Tags: site, `key` (the alarm id, the audit object …) and a few per kind (an alarm's
+    priority, cause and new state); every other member of the body is a field: numbers
+    as floats, booleans as 0/1, text quoted, nested values as JSON text.
+    """
+    measurement = EVENT_MEASUREMENTS.get(event.kind, event.kind)
+    tag_keys = EVENT_TAGS.get(event.kind, ())
+    head = f"{escape_measurement(measurement)},site={escape_key(site)},key={escape_key(event.key)}"
+    for key in tag_keys:
+        value = event.body.get(key)
+        if isinstance(value, str) and value:
+            head += f",{escape_key(key)}={escape_key(value)}"
+    fields = []
+    for key, value in event.body.items():
+        if key in tag_keys or value is None:
+            continue
+        if isinstance(value, bool):
+            fields.append(f"{escape_key(key)}={int(value)}i")
+        elif isinstance(value, int | float):
+            number = format_float(float(value))
+            if number is not None:
+                fields.append(f"{escape_key(key)}={number}")
+        elif isinstance(value, str):
+            fields.append(f"{escape_key(key)}={quote_string(_one_line(value))}")
+        else:
+            text = json.dumps(value, separators=(",", ":"))
+            fields.append(f"{escape_key(key)}={quote_string(text)}")
+    if not fields:
+        fields.append("count=1i")
+    return f"{head} {','.join(fields)} {int(event.t_ns)}"
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")

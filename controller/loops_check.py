@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from controller.alarms import AlarmConfig
 from controller.loops_config import CommandTag, LoopConfig, split
 from drivers.modbus_rtu import ModbusRtuConfig
 from drivers.modbus_tcp import ModbusTcpConfig
@@ -91,3 +92,20 @@ def _tag(tags: dict[str, TagMeta], name: str, at: str, *, writable: bool) -> lis
     if writable and not meta.writable:
         return [(at, f"{name} is not writable (not a writable holding register or node)")]
     return []
+
+
+def alarm_problems(
+    alarms: Iterable[AlarmConfig], tags: dict[str, TagMeta], stream_tags: Iterable[str]
+) -> list[tuple[str, str]]:
+    """(key path, message) for alarms on tags nobody produces (devices, loops, rooms)."""
+    known = set(tags) | set(stream_tags)
+    problems = []
+    for i, alarm in enumerate(alarms):
+        for key in ("tag", "setpoint_tag"):
+            name = getattr(alarm, key)
+            if name is not None and name not in known:
+                problems.append((f"alarms.{i}.{key}", f"{alarm.id}: unknown tag {name}"))
+        if alarm.suppress_when is not None and alarm.suppress_when.tag not in known:
+            tag = alarm.suppress_when.tag
+            problems.append((f"alarms.{i}.suppress_when.tag", f"{alarm.id}: unknown tag {tag}"))
+    return problems

@@ -45,9 +45,8 @@ __all__ = [
 
 # bound once: the attribute lookup is a measurable part of a call on small arrays
 _add, _sub, _mul, _div = np.add, np.subtract, np.multiply, np.divide
-_fmax, _fmin, _copyto = np.fmax, np.fmin, np.copyto
-_and, _not, _isfinite, _count = np.logical_and, np.logical_not, np.isfinite, np.count_nonzero
-_ge, _le, _nonzero = np.greater_equal, np.less_equal, np.nonzero
+_fmax, _fmin, _copyto, _equal = np.fmax, np.fmin, np.copyto, np.equal
+_and, _not, _isfinite = np.logical_and, np.logical_not, np.isfinite
 _NONE = np.zeros(0, dtype=np.intp)
 
 
@@ -66,108 +65,101 @@ def update(  # noqa: PLR0915, PLR0917 - one hot path; the issue's signature
     and a non-finite pv counts as not ok. `sp` must be finite (set points are validated
     where they are set). Returns views into `state` (overwritten next tick), or copies in
     `out`. One long function on purpose: each helper call and attribute reload costs time
-    that matters at 1,000 loops.
+    that matters at 1,000 loops. About 35 ufunc calls when no sample is bad.
     """
     s, q = state, params
-    h = _clip_dt(dt, q, s)
-    good = s.good
-    _isfinite(pv, good)
+    h = _clip_dt(dt, q, s)  # a 0-d array, or one per loop
+    x, xl = s.x, s.pv_last  # swapped every tick
+    (su, spw, u, wl, wh, sp_lo, sp_hi, lo, hi, t4, p, e, kd_dx, d, v0, i, good, sat_low,
+     sat_high) = s.views  # fmt: skip
+    _copyto(x, pv)  # aligned, and NaN-free below: bad loops use their last good value
+    _isfinite(x, good)
     _and(good, ok, good)
-    nbad = good.shape[0] - int(_count(good))
-    _add(s.bad_s, h, s.tsg)  # time since the last good sample, this tick included
+    _not(good, s.bad)
+    bad = s.bad.nonzero()[0]
+    nbad = bad.shape[0]
+    _mul(q.rates, h, wh)  # [sp ramp, out rate] * h
     held = safe = _NONE
     nheld = 0
-    if nbad:  # the few bad loops, by index: masked ufuncs cost per element, indices do not
-        _not(good, s.bad)
-        bad = _nonzero(s.bad)[0]
-        x = s.pvn  # NaN and inf never enter the arithmetic: use the last good value
-        _copyto(x, pv)
-        x[bad] = s.pv_last[bad]
-        s.bad_s.fill(0.0)
-        s.bad_s[bad] = s.tsg[bad]
-        held = bad[s.auto[bad]]  # auto loops hold their output ...
-        nheld = held.shape[0]
-        if nheld:  # ... or go to the safe one
-            safe = held[s.bad_s[held] >= q.safe_after_s[held]]
-            s.u[safe] = q.safe_output[safe]
-    else:
-        x = pv
-        if s.had_bad:
-            s.bad_s.fill(0.0)
-    s.had_bad = nbad > 0
-    # windows: the output may move rate*h from where it is, the set point ramps the same way
-    step, u, spw = s.tmp, s.u, s.spw  # scratch is shared: fewer arrays stay in cache
-    _mul(q.rate_out, h, step)
-    if nheld:
-        step[held] = 0.0  # a held loop's window is its output: it cannot move
-    _sub(u, step, s.lo)
-    _fmax(s.lo, q.out_min, s.lo)
-    _add(u, step, s.hi)
-    _fmin(s.hi, q.out_max, s.hi)
-    _mul(q.rate_sp, h, step)
-    sp_lo, sp_hi = s.ab_lo, s.ab_hi
-    _sub(spw, step, sp_lo)
-    _add(spw, step, sp_hi)
+    tsg = h  # time since the last good sample, this tick included
+    if nbad or s.stale_idx.shape[0]:  # somewhere it is not h
+        bad_s, tsg = s.bad_s, s.tsg
+        _add(bad_s, h, tsg)
+        bad_s[s.stale_idx] = 0.0
+        s.stale_idx = bad
+        if nbad:  # the few bad loops, by index: masked ufuncs cost per element, indices do not
+            bad_s[bad] = tsg[bad]
+            x[bad] = xl[bad]
+            held = bad[s.auto[bad]]  # auto loops hold their output ...
+            nheld = held.shape[0]
+            if nheld:  # ... or go to the safe one
+                safe = held[bad_s[held] >= q.safe_after_s[held]]
+                if safe.shape[0]:
+                    u[safe] = q.safe_output[safe]
+                wh[1, held] = 0.0  # ... and their output cannot move
+    # windows: [spw, u] -/+ [sp rate, out rate] * h; then the set point ramps, the output
+    # limits apply. fmin/fmax always get arrays: a scalar operand leaves numpy's SIMD loop.
+    _sub(su, wh, wl)
+    _add(su, wh, wh)
     _fmax(sp, sp_lo, spw)
     _fmin(spw, sp_hi, spw)
-    # p = kp * (b * spw - pv); e = ki * (spw - pv) * h, the integral increment
-    p, e = s.p, s.e
+    _fmax(lo, q.out_min, lo)
+    _fmin(hi, q.out_max, hi)
+    # [b*spw - x, spw - x, pv_last - x, D] * [kp, ki, kd, tf] = [P, ., ., tf*D]
     _mul(q.b, spw, p)
     _sub(p, x, p)
-    _mul(p, q.kp, p)
     _sub(spw, x, e)
-    _mul(e, q.ki, e)
-    _mul(e, h, e)
+    _sub(xl, x, kd_dx)
+    _mul(t4, q.gains, t4)
+    _add(d, kd_dx, d)  # D = (tf*D - kd*(x - pv_last)) / (tf + time since a good sample)
+    den = kd_dx
+    _add(q.tf, tsg, den)
+    _div(d, den, d)
+    _mul(e, h, e)  # the integral step
     if nbad:  # no integration on a stale measurement
         e[bad] = 0.0
-    # d = (tf * d - kd * (pv - pv_last)) / (tf + time since the last good sample)
-    d, dy = s.d, s.dy
-    _sub(x, s.pv_last, dy)
-    _mul(s.dd, q.tk, s.dd)
-    _sub(d, dy, d)
-    _add(s.tsg, q.tk[0], dy)
-    _div(d, dy, d)
-    # integrator candidate, replaced by the tracking value in manual
-    pd, i = s.pd, s.i
-    _add(s.p, d, pd)
-    _add(e, i, e)
-    if s.n_manual:
+    # the integrator moves by e, but never further into a bound of the window than the step
+    # that puts the output on it: [min(0, lo - v0), max(0, hi - v0)], v0 = P + D + I
+    ab_lo, ab_hi = sp_lo, sp_hi  # free again
+    _add(p, d, v0)
+    _add(v0, i, v0)
+    _fmax(lo, v0, ab_lo)  # lo - max(lo, v0) is exactly min(0, lo - v0)
+    _fmin(hi, v0, ab_hi)
+    _sub(lo, ab_lo, ab_lo)
+    _sub(hi, ab_hi, ab_hi)
+    if s.n_manual:  # manual: the step that puts the output on the operator's value
         mi = s.manual_idx
-        e[mi] = s.manual_output[mi] - pd[mi]
-    # clamp: never further into a bound than the value that puts the output on it
-    _sub(s.lo, pd, s.ab_lo)
-    _sub(s.hi, pd, s.ab_hi)
-    _ge(e, s.ab_hi, s.sat_high)
-    _le(e, s.ab_lo, s.sat_low)
-    _fmin(s.ab_lo, i, s.ab_lo)
-    _fmax(s.ab_hi, i, s.ab_hi)
-    _fmax(e, s.ab_lo, e)
-    _fmin(e, s.ab_hi, i)
-    _add(pd, i, s.tmp)
-    _fmax(s.tmp, s.lo, s.tmp)
-    _fmin(s.tmp, s.hi, s.u)
+        e[mi] = s.manual_output[mi] - v0[mi]
+    _fmax(e, ab_lo, e)
+    _fmin(e, ab_hi, e)
+    _add(i, e, i)
+    _add(v0, e, u)
+    _fmax(u, lo, u)
+    _fmin(u, hi, u)
+    _equal(u, lo, sat_low)  # u is inside [lo, hi]: on a bound is equal to it
+    _equal(u, hi, sat_high)
     if nheld or s.mode_dirty:
-        _copyto(s.mode, s.auto)
-        s.mode[held] = HOLD  # a held output is not a saturated one
-        s.mode[safe] = SAFE
-        s.sat_high[held] = False
-        s.sat_low[held] = False
+        mode = s.mode
+        _copyto(mode, s.auto)
+        if nheld:
+            mode[held] = HOLD
+            mode[safe] = SAFE
+            sat_low[held] = False  # a held output is not a saturated one
+            sat_high[held] = False
         s.mode_dirty = nheld > 0
-    if nbad:
-        s.pv_last, s.pvn = s.pvn, s.pv_last
-    else:
-        _copyto(s.pv_last, pv)
+    s.pv_last, s.x = x, xl  # this tick's x are the next tick's last good values
     return s.terms if out is None else _copy_terms(s.terms, out)
 
 
-def _clip_dt(dt: float | F64, q: PidParams, s: PidState) -> float | F64:
+def _clip_dt(dt: float | F64, q: PidParams, s: PidState) -> F64:
     """The measured dt, clipped; NaN becomes dt_min_s."""
     if isinstance(dt, np.ndarray):
         _fmax(dt, q.dt_min_s, s.h)
         _fmin(s.h, q.dt_max_s, s.h)
         return s.h
     h = float(dt)
-    return q.dt_max_s if h > q.dt_max_s else h if h >= q.dt_min_s else q.dt_min_s
+    s.hz[()] = q.dt_max_s if h > q.dt_max_s else h if h >= q.dt_min_s else q.dt_min_s
+    return s.hz
 
 
 _TERMS = ("output", "p", "i", "d", "sp", "sat_high", "sat_low", "mode")

@@ -7,7 +7,9 @@ transaction (one row per scan, see spool_codec), and cursors only ever see commi
 sequence numbers. Cursor positions are persisted in the same transactions (batched, not one
 fsync per ack), so after a crash every sink resumes where it last acked: delivery is
 at-least-once. Scans every cursor acked are deleted a chunk per commit; the disk budget and
-its drop policy live in spool_budget. docs/spool.md has the guarantees and the numbers.
+its drop policy live in spool_budget. Gaps and events (spool_events) are two more streams
+with their own per-cursor positions, written in the same transactions and never dropped by
+the budget. docs/spool.md has the guarantees and the numbers.
 """
 
 from __future__ import annotations
@@ -36,9 +38,18 @@ from controller.spool_budget import (
     seq_edge,
 )
 from controller.spool_codec import READ, SCHEMA, Layout, decode, pack
+from controller.spool_events import (
+    Event,
+    add_event_column,
+    delete_acked_events,
+    event_size,
+    events_after,
+    last_event_id,
+    oldest_event_id,
+)
 from drivers.sample import Scan, utc_now_ns
 
-__all__ = ["Gap", "Spool", "SpoolCursor", "SpoolFull", "SpoolLocked"]
+__all__ = ["Event", "Gap", "Spool", "SpoolCursor", "SpoolFull", "SpoolLocked"]
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +96,11 @@ class Spool:
         self._checkpointer: sqlite3.Connection | None = None
         self._configure(self._db, synchronous)
         self._db.executescript(SCHEMA)
+        add_event_column(self._db)
         self._pending: list[tuple[int, int, str, int, int, bytes, str | None, str | None]] = []
         self._pending_scans: list[Scan] = []
         self._pending_gaps: list[Gap] = []
+        self._pending_events: list[tuple[int, int, str, str, str]] = []  # id + Event.row()
         self._new_layouts: list[tuple[int, str, str]] = []
         self._cache: deque[tuple[int, Scan]] = deque(maxlen=cache_scans)
         self._cursors: dict[str, SpoolCursor] = {}
@@ -127,12 +140,17 @@ class Spool:
         if name in self._cursors:
             raise ValueError(f"spool cursor {name!r} exists already")
         row = self._db.execute(
-            "SELECT acked, gap_acked FROM cursors WHERE name = ?", (name,)
+            "SELECT acked, gap_acked, event_acked FROM cursors WHERE name = ?", (name,)
         ).fetchone()
         if row is None:
             oldest = seq_edge(self._db, "min")
-            row = (self._committed if oldest is None else oldest - 1, 0)
-            self._db.execute("INSERT INTO cursors VALUES (?, ?, ?)", (name, *row))
+            first_event = oldest_event_id(self._db)
+            row = (
+                self._committed if oldest is None else oldest - 1,
+                0,
+                self._last_event if first_event is None else first_event - 1,
+            )
+            self._db.execute("INSERT INTO cursors VALUES (?, ?, ?, ?)", (name, *row))
         cur = SpoolCursor(self, name, *row)
         self._cursors[name] = cur
         return cur
@@ -192,6 +210,33 @@ class Spool:
         else:
             self._pending_gaps.append(gap)
         self._dirty.set()
+
+    def record_event(self, event: Event) -> None:
+        """Buffer an event for the next commit; never refused or dropped by the budget.
+
+        The body is encoded here, so a body that is not JSON raises TypeError at the caller.
+        Taken after `close` too (an audit record of the shutdown): committed at once then,
+        as there is no flusher, so the draining sinks still get it.
+        """
+        if not self._db_open:
+            raise RuntimeError(f"spool {self.path} is shut down")
+        row = event.row()
+        self._pending_events.append((self._next_event, *row))
+        self._next_event += 1
+        self.budget.pending += event_size(row)
+        if self._closed:
+            self.commit()
+        else:
+            self._dirty.set()
+
+    @property
+    def last_event_id(self) -> int:
+        """Id of the newest committed event (0 before the first)."""
+        return self._last_event
+
+    def events_after(self, event_id: int, limit: int) -> list[tuple[int, Event]]:
+        """Up to `limit` committed events with an id above `event_id`, oldest first."""
+        return events_after(self._db, event_id, limit)
 
     def gaps(self, since_ns: int = 0) -> list[Gap]:
         """Committed gaps that end at or after `since_ns`, oldest first."""
@@ -275,13 +320,14 @@ class Spool:
         return self._failing_since is not None
 
     def commit(self) -> int:
-        """Write buffered scans, gaps and cursor positions in one transaction.
+        """Write buffered scans, gaps, events and cursor positions in one transaction.
 
         Returns the number of scans committed. A full disk or an I/O error is logged (on
         the transition) and the data stay buffered for the next attempt.
         """
         dirty = [c for c in self._cursors.values() if c.dirty]
-        if not (self._pending or self._pending_gaps or dirty or self._cleanup_left):
+        pending = self._pending or self._pending_gaps or self._pending_events
+        if not (pending or dirty or self._cleanup_left):
             return 0
         if not self._db_open:
             raise RuntimeError(f"spool {self.path} is shut down")
@@ -389,6 +435,8 @@ class Spool:
             self._layout_ids[layout] = lid
         (last_gap,) = self._db.execute("SELECT coalesce(max(id), 0) FROM gaps").fetchone()
         self._last_gap = int(last_gap)
+        self._last_event = last_event_id(self._db)
+        self._next_event = self._last_event + 1
         self.budget.droppable = mark_gmp(self._db, self._gmp)
         self.budget.measure(self._db)
 
@@ -415,15 +463,19 @@ class Spool:
             "INSERT INTO gaps (start_ns, end_ns, cause, devices, scans) VALUES (?, ?, ?, ?, ?)",
             [g.row() for g in self._pending_gaps],
         )
+        db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", self._pending_events)
         db.executemany(
-            "UPDATE cursors SET acked = ?, gap_acked = ? WHERE name = ?",
-            [(c.acked, c.gap_acked, c.name) for c in dirty],
+            "UPDATE cursors SET acked = ?, gap_acked = ?, event_acked = ? WHERE name = ?",
+            [(c.acked, c.gap_acked, c.event_acked, c.name) for c in dirty],
         )
         meta = [("last_commit_ns", utc_now_ns())]
         if self._pending:
             meta.append(("last_seq", self._pending[-1][0]))
+        if self._pending_events:
+            meta.append(("last_event_id", self._pending_events[-1][0]))
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
         retired, retired_upto, more = delete_acked(db, self._cleanup_chunk)
+        delete_acked_events(db)
         (gap_id,) = db.execute("SELECT coalesce(max(id), 0) FROM gaps").fetchone()
         db.execute("COMMIT")
         return _Outcome(int(gap_id), dropped + retired, gap, retired_upto, more)
@@ -448,8 +500,15 @@ class Spool:
             self._dropped(outcome.gap)
         if count:
             self._committed = self._pending[-1][0]
-            self._cache.extend(zip((r[0] for r in self._pending), self._pending_scans, strict=True))
+            if self._cursors:
+                seqs = (r[0] for r in self._pending)
+                self._cache.extend(zip(seqs, self._pending_scans, strict=True))
+            else:  # nobody reads it; full, its ~100k objects cost the GC ~20 µs a scan
+                self._cache.clear()
         self._pending, self._pending_scans, self._pending_gaps = [], [], []
+        if self._pending_events:
+            self._last_event = self._pending_events[-1][0]
+            self._pending_events = []
         self._new_layouts = []
         self.budget.pending = 0
         self.budget.measure(self._db)
@@ -512,11 +571,14 @@ class Spool:
 class SpoolCursor:
     """One consumer's durable position: `peek` what is pending, `ack` what was delivered."""
 
-    def __init__(self, spool: Spool, name: str, acked: int, gap_acked: int) -> None:
+    def __init__(
+        self, spool: Spool, name: str, acked: int, gap_acked: int, event_acked: int = 0
+    ) -> None:
         self._spool = spool
         self.name = name
         self.acked = acked
         self.gap_acked = gap_acked
+        self.event_acked = event_acked
         self.dirty = False  # an ack not yet persisted (it is, with the next commit)
 
     @property
@@ -538,9 +600,17 @@ class SpoolCursor:
         """Committed gaps not yet acked."""
         return self._spool.last_gap_id - self.gap_acked
 
+    @property
+    def event_lag(self) -> int:
+        """Committed events not yet acked."""
+        return self._spool.last_event_id - self.event_acked
+
     async def wait(self) -> bool:
-        """Wait until a scan is pending; False when the spool is closed and drained."""
-        while self.lag == 0:
+        """Wait until a scan, gap or event is pending; False when closed and all drained.
+
+        True does not mean `peek` has scans: it may be only gaps or events (check the lags).
+        """
+        while self.lag == 0 and self.gap_lag == 0 and self.event_lag == 0:
             if self._spool.closed:
                 return False
             await self._spool.changed()
@@ -564,6 +634,16 @@ class SpoolCursor:
         """Gaps up to and including `gap_id` are delivered."""
         if gap_id > self.gap_acked:
             self.gap_acked = gap_id
+            self._mark()
+
+    def peek_events(self, limit: int) -> list[tuple[int, Event]]:
+        """Up to `limit` committed events not yet acked, oldest first (the same until acked)."""
+        return self._spool.events_after(self.event_acked, limit)
+
+    def ack_event(self, event_id: int) -> None:
+        """Events up to and including `event_id` are delivered (persisted with the next commit)."""
+        if event_id > self.event_acked:
+            self.event_acked = min(event_id, self._spool.last_event_id)
             self._mark()
 
     def _mark(self) -> None:

@@ -2,7 +2,9 @@
 
 `controller/spool.py` (durable, what the daemon runs) and `controller/journal.py` (in
 memory, for tools and tests that need no disk) both provide it. A cursor also carries the
-gaps the stream recorded (spans of missing data with their cause), forwarded like data.
+gaps the stream recorded (spans of missing data with their cause) and its events (alarm
+transitions, audit records, ...), each with its own position, forwarded like data. `wait`
+returns True when any of the three is pending, so a sink checks each lag.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from controller.spool_budget import Gap
+from controller.spool_events import Event
 from drivers.sample import Scan
 
 
@@ -28,6 +31,9 @@ class StreamCursor(Protocol):
     @property
     def gap_lag(self) -> int: ...
 
+    @property
+    def event_lag(self) -> int: ...
+
     async def changed(self) -> None: ...
 
     async def wait(self) -> bool: ...
@@ -39,6 +45,10 @@ class StreamCursor(Protocol):
     def peek_gaps(self, limit: int) -> list[tuple[int, Gap]]: ...
 
     def ack_gap(self, gap_id: int) -> None: ...
+
+    def peek_events(self, limit: int) -> list[tuple[int, Event]]: ...
+
+    def ack_event(self, event_id: int) -> None: ...
 
 
 class Stream(Protocol):
@@ -54,6 +64,8 @@ class Stream(Protocol):
     def dropped(self) -> int: ...
 
     def append(self, scan: Scan) -> int: ...
+
+    def record_event(self, event: Event) -> None: ...
 
     def close(self) -> None: ...
 

@@ -60,11 +60,17 @@ class TagStore:
                 f"scan of {scan.device} has {len(samples)} samples, store expects "
                 f"{sl.stop - sl.start}"
             )
-        self.value[sl] = [np.nan if s.value is None else s.value for s in samples]
-        self.quality[sl] = [s.quality for s in samples]
-        self.t_receive_ns[sl] = [s.t_receive_ns for s in samples]
+        if not samples:
+            return
+        # One transposition (a C loop) instead of a list comprehension per column.
+        _, values, _, quality, t_receive_ns, reasons, _, _ = zip(*samples, strict=True)
+        if None in values:
+            values = tuple(np.nan if v is None else v for v in values)
+        self.value[sl] = values
+        self.quality[sl] = quality
+        self.t_receive_ns[sl] = t_receive_ns
         self.t_stored_s[sl] = time.monotonic()
-        self.reasons[sl] = [s.reason for s in samples]
+        self.reasons[sl] = reasons
 
     def carry_from(self, old: TagStore) -> None:
         """Take over the latest state of every tag both stores have (a config reload)."""

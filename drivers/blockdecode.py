@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
+from operator import eq
 
 from drivers.registermap import RegisterSpec
 
@@ -42,6 +43,30 @@ class BlockDecoder:
         self._struct = struct.Struct("".join(fmt))
         self._words = struct.Struct(f">{count}H")
         self._scaling = [(s.scale, s.offset, _no_data(s)) for s, _ in specs]
+        self._scale_offset = [(s.scale, s.offset) for s, _ in specs]
+        codes = [code for _, _, code in self._scaling]
+        self._codes = None if codes.count(None) == len(codes) else codes
+        self.tags = tuple(s.tag for s, _ in specs)
+        self.units = tuple(s.unit for s, _ in specs)
+
+    def good_values(self, registers: Sequence[int]) -> list[float] | None:
+        """The values when every one is good (the common case), else None: use `decode`.
+
+        The checks run as C loops over the whole read (`isfinite`, no-data codes), so a
+        good read costs one scaling per value and nothing else.
+        """
+        if len(registers) < self.count:
+            return None
+        words = registers if self._perm is None else [registers[i] for i in self._perm]
+        raws = self._struct.unpack(self._words.pack(*words[: self.count]))
+        if not all(map(math.isfinite, raws)):
+            return None
+        if self._codes is not None and any(map(eq, raws, self._codes)):
+            return None
+        return [
+            raw * scale + offset
+            for raw, (scale, offset) in zip(raws, self._scale_offset, strict=True)
+        ]
 
     def decode(self, registers: Sequence[int]) -> list[Decoded]:
         """Values (or reasons) in the order of the specs."""

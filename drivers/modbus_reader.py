@@ -11,6 +11,8 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from typing import cast
 
 from pymodbus import ModbusException
 from pymodbus.exceptions import ConnectionException, ModbusIOException
@@ -78,7 +80,28 @@ def _exception_failure(req: ReadRequest, function_code: int, code: int) -> Reque
 
 
 def decode_request(req: ReadRequest, registers: Sequence[int], t_ns: int) -> list[Sample]:
-    """Samples of every tag covered by one successful read."""
+    """Samples of every tag covered by one successful read.
+
+    A read whose values are all good (nearly every read) builds its Samples in one C loop:
+    `tuple.__new__` over zipped columns is what `Sample(...)` does, without a Python call
+    per sample (the general path below costs twice as much).
+    """
+    decoder = req.decoder
+    values = decoder.good_values(registers)
+    if values is not None:
+        n = len(values)
+        rows = zip(
+            decoder.tags,
+            values,
+            decoder.units,
+            repeat(Quality.GOOD, n),
+            repeat(t_ns, n),
+            repeat(None, n),  # reason
+            repeat(None, n),  # device time
+            repeat(None, n),  # server time
+            strict=True,
+        )
+        return cast("list[Sample]", list(map(_new, repeat(Sample, n), rows)))
     good, bad = Quality.GOOD, Quality.BAD
     return [
         Sample(spec.tag, None, spec.unit, bad, t_ns, value)
@@ -86,6 +109,9 @@ def decode_request(req: ReadRequest, registers: Sequence[int], t_ns: int) -> lis
         else Sample(spec.tag, value, spec.unit, good, t_ns)
         for (spec, _), value in zip(req.specs, req.decoder.decode(registers), strict=True)
     ]
+
+
+_new = tuple.__new__
 
 
 def failed_request(req: ReadRequest, reason: str, t_ns: int) -> list[Sample]:

@@ -20,7 +20,8 @@ Kind = Literal[
 ]
 Priority = Literal["low", "medium", "high", "critical"]
 
-TAG = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"  # "device/tag", as in the tag store
+# "device.tag" (a loop's own data: "br-1.temp.sp"): the stream is what comes before the last dot
+TAG = r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.[a-z][a-z0-9_]*$"
 ALARM_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"  # safe as an MQTT topic level
 DEFAULT_SHELVE_MAX_S = 8 * 3600.0  # one shift
 

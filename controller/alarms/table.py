@@ -62,7 +62,7 @@ class AlarmTable:
     def tag_columns(self, columns: Mapping[str, int]) -> tuple[Idx, Idx, Idx]:
         """Column indices (tag store order) of each alarm's tag, set-point and suppress tags.
 
-        `columns` maps "device/tag" to a column. Alarms without a set-point or suppress tag
+        `columns` maps "device.tag" to a column. Alarms without a set-point or suppress tag
         get their own tag's column there (the engine ignores those values). A tag missing
         from `columns` raises KeyError naming it.
         """

@@ -31,7 +31,7 @@ from controller.cleanroom.annex1 import (
 from drivers.registermap import Frozen
 
 ROOM_ID_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # no dots: it sits inside alarm ids
-SOURCE_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}/[a-z][a-z0-9_]{0,62}$"  # device/tag
+SOURCE_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}\.[a-z][a-z0-9_]{0,62}$"  # device.tag
 PARTICLE_UNIT: Final = "particles/m3"  # what drivers/particle_counter.py publishes
 PRESSURE_UNIT: Final = "Pa"
 
@@ -88,8 +88,8 @@ class RoomConfig(Frozen):
     grade: Grade
     limit_set: LimitSetName = "eu-annex1-2022"
     state: State = Field(default="in_operation", description="state at start-up")
-    p05_tag: str = Field(pattern=SOURCE_PATTERN, description="device/tag, ≥0.5 µm particles/m³")
-    p50_tag: str = Field(pattern=SOURCE_PATTERN, description="device/tag, ≥5.0 µm particles/m³")
+    p05_tag: str = Field(pattern=SOURCE_PATTERN, description="device.tag, ≥0.5 µm particles/m³")
+    p50_tag: str = Field(pattern=SOURCE_PATTERN, description="device.tag, ≥5.0 µm particles/m³")
     alert_fraction: float | None = Field(
         default=None, gt=0.0, lt=1.0, description="alert level = fraction x action level"
     )
@@ -202,7 +202,7 @@ class PressureLinkConfig(Frozen):
 
     high_room: str = Field(pattern=ROOM_ID_PATTERN)
     low_room: str = Field(pattern=ROOM_ID_PATTERN)
-    tag: str = Field(pattern=SOURCE_PATTERN, description="device/tag, ΔP in Pa")
+    tag: str = Field(pattern=SOURCE_PATTERN, description="device.tag, ΔP in Pa")
     min_pa: float = Field(default=MIN_PRESSURE_DIFFERENTIAL_PA, gt=0.0, allow_inf_nan=False)
     alert_pa: float = Field(default=DP_ALERT_PA, gt=0.0, allow_inf_nan=False)
     on_delay_s: float = Field(
@@ -408,7 +408,7 @@ def derive_rules(
 
 
 def check_sources(rules: Iterable[LimitRule], units: Mapping[str, str]) -> list[str]:
-    """Problems with the rules' sources against the fleet's tags (`device/tag` -> unit).
+    """Problems with the rules' sources against the fleet's tags (`device.tag` -> unit).
 
     Run once the device profiles are loaded: a source must exist and carry the rule's unit.
     """

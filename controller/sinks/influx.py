@@ -23,7 +23,7 @@ from influxdb_client.client.write_api_async import WriteApiAsync
 from influxdb_client.domain.write_precision import WritePrecision
 
 from controller.config import SiteConfig
-from controller.lineproto import LineFormatter, gap_lines
+from controller.lineproto import LineFormatter, event_line, gap_lines
 from controller.sinks.drain import DrainDeadline
 from controller.stream import StreamCursor as Cursor
 from controller.watchdog import Heart, Liveness
@@ -105,6 +105,10 @@ class InfluxSink:
                 await self._coalesce()
                 if self._cursor.gap_lag:
                     await self._deliver_gaps(api)
+                if self._cursor.event_lag:
+                    await self._deliver_events(api)
+                if not self._cursor.lag:  # woken for gaps or events only
+                    continue
                 if self._drain.expired() or not await self._deliver(api):
                     log.error(
                         "InfluxDB: giving up at shutdown: %d scans not written to %s",
@@ -113,6 +117,18 @@ class InfluxSink:
                     )
                     return
 
+    async def _deliver_events(self, api: WriteApiAsync) -> None:
+        """Events (alarm transitions, audit records) as lines; on failure, next round."""
+        events = self._cursor.peek_events(100)
+        lines = [event_line(self._site, ev) for _, ev in events]
+        try:
+            await self._post(api, "\n".join(lines))
+        except (InfluxDBError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            wait = self._failed(f"events: {exc}", int(getattr(exc, "status", 0) or 0), None)
+            await self._drain.pause(wait)
+            return
+        self._cursor.ack_event(events[-1][0])
+
     async def _deliver_gaps(self, api: WriteApiAsync) -> None:
         """Recorded gaps as `gap` lines; on failure they wait for the next round."""
         gaps = self._cursor.peek_gaps(100)
@@ -120,7 +136,8 @@ class InfluxSink:
         try:
             await self._post(api, "\n".join(lines))
         except (InfluxDBError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            self._failed(f"gap records: {exc}", int(getattr(exc, "status", 0) or 0), None)
+            wait = self._failed(f"gap records: {exc}", int(getattr(exc, "status", 0) or 0), None)
+            await self._drain.pause(wait)
             return
         self._cursor.ack_gap(gaps[-1][0])
 

@@ -135,6 +135,7 @@ class MqttStats:
     connect_failures: int = 0
     connection_losses: int = 0
     telemetry_published: int = 0
+    events_published: int = 0
     status_published: int = 0
     last_error: str | None = None
 
@@ -300,10 +301,14 @@ class MqttSink:
             self._heart.busy(timeout_s * 3 + 30.0)  # a window of publishes, each timed out
             if self._cursor.gap_lag:
                 await self._publish_gaps(client)
+            if self._cursor.event_lag:
+                await self._publish_events(client)
             if self._drain.expired():
                 log.error("MQTT: drain deadline passed: %d scans not published", self.lag)
                 return False
             batch = self._cursor.peek(self._window)
+            if not batch:  # woken for gaps or events only
+                continue
             async with asyncio.TaskGroup() as tg:
                 for seq, scan in batch:
                     topic = f"{self._prefix}/telemetry/{scan.device}"
@@ -312,6 +317,17 @@ class MqttSink:
             self._cursor.ack(batch[-1][0])  # every publish of the window got its PUBACK
             self.stats.telemetry_published += len(batch)
         return True
+
+    async def _publish_events(self, client: aiomqtt.Client) -> None:
+        """Events on `<prefix>/events/<kind>` (QoS 1), acked after their PUBACKs, in order."""
+        timeout_s = self._cfg.mqtt.publish_timeout_s
+        events = self._cursor.peek_events(100)
+        for _, ev in events:
+            body = {"ts": iso_utc(ev.t_ns), "key": ev.key, **ev.body}
+            topic = f"{self._prefix}/events/{ev.kind}"
+            await client.publish(topic, _dumps(body), qos=1, timeout=timeout_s)
+        self.stats.events_published += len(events)
+        self._cursor.ack_event(events[-1][0])
 
     async def _publish_gaps(self, client: aiomqtt.Client) -> None:
         """Recorded gaps on `<prefix>/events/gap` (QoS 1), acked after their PUBACKs."""

@@ -422,6 +422,18 @@ async def test_batch_context_is_stamped_on_every_reading(floor: Floor) -> None:
         assert "batch" not in after.json()
     name = await floor.send(floor.request("alice", "batch/start", start | {"batch": "Jane Doe"}))
     assert name["code"] == "bad_field"  # a lot id, never a patient's name
+    await asyncio.to_thread(floor.daemon.archive.commit)  # type: ignore[union-attr]
+    out = floor.path.parent / "report"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "controller.cli", "report", "-c", str(floor.path),
+        "--batch", "LOT-2026-0042", "--out", str(out), stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    printed, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, printed
+    html = (out / "report.html").read_text()
+    assert "LOT-2026-0042" in html
+    assert "br-1.temp" in html  # the loop's data were recorded under the batch too
+    assert (out / "SHA256SUMS").read_text().count("report.") >= 2
     history = [ln.record for ln in read_lines(trail_path(floor.cfg.state.dir)) if ln.record]
     actions = [r.action for r in history if r.action.startswith("cmd.batch")]
     assert actions == [

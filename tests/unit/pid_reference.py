@@ -67,18 +67,16 @@ class RefLoop:
         self.spw = min(max(sp, self.spw - step_sp), self.spw + step_sp)
         p = (self.b * self.spw - x) * self.kp
         e = (self.spw - x) * self.ki * h if good else 0.0
-        dy = x - self.pv_last
-        self.d = (self.d * self.tf - dy * self.kd) / (tsg + self.tf)
+        self.d = (self.d * self.tf + (self.pv_last - x) * self.kd) / (self.tf + tsg)
         pd = p + self.d
-        ic = e + self.i
+        v0 = pd + self.i  # the output before this tick's integral step
         if not self.auto:
-            ic = self.manual_output - pd
-        ab_lo, ab_hi = lo - pd, hi - pd
-        sat_high, sat_low = ic >= ab_hi, ic <= ab_lo
-        ab_lo, ab_hi = min(ab_lo, self.i), max(ab_hi, self.i)
-        self.i = min(max(ic, ab_lo), ab_hi)
-        self.u = min(max(pd + self.i, lo), hi)
+            e = self.manual_output - v0
+        e = min(max(e, min(0.0, lo - v0)), max(0.0, hi - v0))
+        self.i = self.i + e
+        self.u = min(max(v0 + e, lo), hi)
         self.pv_last = x
+        sat_low, sat_high = self.u <= lo, self.u >= hi
         if hold:
             sat_high = sat_low = False
         mode = int(self.auto) + int(hold) + int(safe)

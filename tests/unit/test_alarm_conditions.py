@@ -60,7 +60,7 @@ def test_deadband_band_signal_does_not_chatter(  # noqa: PLR0917 - hypothesis ar
 ) -> None:
     """After an activation, a signal that stays within [limit−d, limit+d] never re-activates."""
     eng = engine(
-        {"id": "a", "tag": "x/y", "kind": kind, "limit": limit, "deadband": d}
+        {"id": "a", "tag": "x.y", "kind": kind, "limit": limit, "deadband": d}
         | {"on_delay_s": on, "off_delay_s": off}
     )
     sign = 1.0 if kind == "high" else -1.0
@@ -85,7 +85,7 @@ def test_on_delay_shorter_condition_never_activates(pattern: list[bool], dts: li
     spans = _runs(pattern, times)
     longest = max(spans, default=0.0)
     values = [50.0 if p else 30.0 for p in pattern]  # limit 40
-    alarm = {"id": "a", "tag": "x/y", "kind": "high", "limit": 40.0}
+    alarm = {"id": "a", "tag": "x.y", "kind": "high", "limit": 40.0}
     quiet = run(engine(alarm | {"on_delay_s": longest + 0.0625}), times, values)
     assert activations(quiet) == 0
     if spans:
@@ -114,7 +114,7 @@ def test_off_delay_shorter_return_never_returns(pattern: list[bool], dts: list[f
     pattern, times = pattern[:n], (100.0 + np.cumsum(dts[:n])).tolist()
     spans = _runs([not p for p in pattern], times)
     off = max(spans, default=0.0) + 0.0625
-    eng = engine({"id": "a", "tag": "x/y", "kind": "high", "limit": 40.0, "off_delay_s": off})
+    eng = engine({"id": "a", "tag": "x.y", "kind": "high", "limit": 40.0, "off_delay_s": off})
     run(eng, [0.0], [50.0])
     events = run(eng, times, [50.0 if p else 30.0 for p in pattern])
     assert [c for _, c in events] == []
@@ -135,7 +135,7 @@ def test_n_of_m_matches_a_plain_window(windows: list[tuple[int, int]], seed: int
     k, ticks = len(windows), 80
     eng = engine(
         *(
-            {"id": f"a{j}", "tag": "x/y", "kind": "n_of_m", "limit": 0.0}
+            {"id": f"a{j}", "tag": "x.y", "kind": "n_of_m", "limit": 0.0}
             | {"window_n": n, "window_m": m}
             for j, (n, m) in enumerate(windows)
         )
@@ -157,7 +157,7 @@ def test_n_of_m_matches_a_plain_window(windows: list[tuple[int, int]], seed: int
 def test_n_of_m_two_of_three() -> None:
     """Annex 1 style 2-of-3: one excursion does not alarm, the second within three does."""
     eng = engine(
-        {"id": "p", "tag": "pc/p05", "kind": "n_of_m", "limit": 3520.0}
+        {"id": "p", "tag": "pc.p05", "kind": "n_of_m", "limit": 3520.0}
         | {"window_n": 2, "window_m": 3, "priority": "high"}
     )
     events = run(eng, [1.0, 2.0, 3.0, 4.0, 5.0], [4000.0, 100.0, 100.0, 4000.0, 4000.0])
@@ -166,7 +166,7 @@ def test_n_of_m_two_of_three() -> None:
 
 def test_rate_of_change_over_measured_dt() -> None:
     """The rate is per minute over the time between samples, held between fresh samples."""
-    eng = engine({"id": "r", "tag": "x/y", "kind": "roc", "rate_per_min": 5.0})
+    eng = engine({"id": "r", "tag": "x.y", "kind": "roc", "rate_per_min": 5.0})
     t = [0.0, 10.0, 30.0, 31.0]  # 0.5 per 10 s = 3/min, then 1.5 per 20 s = 4.5/min
     v = [20.0, 20.5, 22.0, 22.2]  # then 0.2 per 1 s = 12/min
     assert run(eng, t[:3], v[:3]) == []
@@ -174,7 +174,7 @@ def test_rate_of_change_over_measured_dt() -> None:
     assert run(eng, t[3:], v[3:]) == [(31.0, Cause.ALARM)]
     assert abs(eng.conditions.measure[0] - 12.0) < 1e-9
     # a falling rate counts too; not fresh: the rate is held
-    eng2 = engine({"id": "r", "tag": "x/y", "kind": "roc", "rate_per_min": 5.0})
+    eng2 = engine({"id": "r", "tag": "x.y", "kind": "roc", "rate_per_min": 5.0})
     eng2.tick(0.0, 0, np.array([30.0]), np.array([True]))
     ev = eng2.tick(6.0, 1, np.array([29.0]), np.array([True]))
     assert [e.value for e in ev] == [-10.0]
@@ -186,8 +186,8 @@ def test_rate_of_change_over_measured_dt() -> None:
 def test_deviation_from_the_setpoint() -> None:
     """|value − set point| > limit alarms either side; a NaN set point is a bad input."""
     eng = engine(
-        {"id": "d", "tag": "inc/co2", "kind": "deviation", "limit": 0.5, "deadband": 0.1}
-        | {"setpoint_tag": "loop/co2_sp"}
+        {"id": "d", "tag": "inc.co2", "kind": "deviation", "limit": 0.5, "deadband": 0.1}
+        | {"setpoint_tag": "loop.co2_sp"}
     )
     assert run(eng, [1.0], [5.4], sp=5.0) == []
     assert run(eng, [2.0], [4.4], sp=5.0) == [(2.0, Cause.ALARM)]
@@ -198,7 +198,7 @@ def test_deviation_from_the_setpoint() -> None:
 
 def test_discrete_state_for_longer_than() -> None:
     """A door open (state 1) for for_s alarms; closing it returns at once."""
-    eng = engine({"id": "door", "tag": "r1/door", "kind": "discrete", "state": 1, "for_s": 30})
+    eng = engine({"id": "door", "tag": "r1.door", "kind": "discrete", "state": 1, "for_s": 30})
     t = [0.0, 10.0, 25.0, 26.0, 40.0, 56.0, 60.0]
     v = [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
     assert run(eng, t, v) == [(56.0, Cause.ALARM), (60.0, Cause.RETURN)]
@@ -206,19 +206,19 @@ def test_discrete_state_for_longer_than() -> None:
 
 def test_quality_alarm_after_stale_after_s() -> None:
     """No good sample for stale_after_s raises the communication alarm; a good one clears it."""
-    eng = engine({"id": "c", "tag": "inc/t", "kind": "quality", "stale_after_s": 20})
+    eng = engine({"id": "c", "tag": "inc.t", "kind": "quality", "stale_after_s": 20})
     t = [0.0, 5.0, 15.0, 20.0, 30.0, 40.0, 41.0]
     good = [True, False, False, True, False, False, True]
     v = [37.0, np.nan, np.nan, 37.0, np.nan, 37.0, 37.0]  # 37 with good=False is still bad
     assert run(eng, t, v, good=good) == []
-    eng = engine({"id": "c", "tag": "inc/t", "kind": "quality", "stale_after_s": 20})
+    eng = engine({"id": "c", "tag": "inc.t", "kind": "quality", "stale_after_s": 20})
     good = [True, False, False, False, False, False, True]
     assert run(eng, t, v, good=good) == [(30.0, Cause.ALARM), (41.0, Cause.RETURN)]
 
 
 def test_limit_crossing_is_strict_and_deadband_edge_holds() -> None:
     """value == limit is normal; on return, value == limit − deadband still holds the alarm."""
-    eng = engine({"id": "h", "tag": "x/y", "kind": "high", "limit": 40.0, "deadband": 0.5})
+    eng = engine({"id": "h", "tag": "x.y", "kind": "high", "limit": 40.0, "deadband": 0.5})
     t = [float(k) for k in range(5)]
     events = run(eng, t, [40.0, 40.25, 39.5, 39.25, 39.5])
     assert events == [(1.0, Cause.ALARM), (3.0, Cause.RETURN)]

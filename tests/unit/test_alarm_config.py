@@ -12,7 +12,7 @@ from controller.alarms import AlarmConfig, pack
 
 
 def cfg(**over: Any) -> AlarmConfig:
-    base: dict[str, Any] = {"id": "a1", "tag": "inc1/temp", "kind": "high", "limit": 38.0}
+    base: dict[str, Any] = {"id": "a1", "tag": "inc1.temp", "kind": "high", "limit": 38.0}
     return AlarmConfig.model_validate(base | over)
 
 
@@ -28,7 +28,7 @@ def cfg(**over: Any) -> AlarmConfig:
         ({"kind": "n_of_m", "window_n": 2}, "window_m"),
         ({"kind": "n_of_m", "window_n": 4, "window_m": 3}, "window_n"),
         ({"window_n": 2}, "window_n"),
-        ({"setpoint_tag": "loop/sp"}, "setpoint_tag"),
+        ({"setpoint_tag": "loop.sp"}, "setpoint_tag"),
         ({"kind": "quality", "limit": None, "stale_after_s": 5, "deadband": 1.0}, "deadband"),
         ({"kind": "quality", "limit": None, "stale_after_s": 5, "on_delay_s": 1.0}, "on_delay_s"),
         ({"deadband": -1.0}, "deadband"),
@@ -38,7 +38,7 @@ def cfg(**over: Any) -> AlarmConfig:
         ({"priority": "urgent"}, "priority"),
         ({"shelve_max_s": 0.0}, "shelve_max_s"),
         ({"colour": "red"}, "colour"),
-        ({"suppress_when": {"tag": "br1/state"}}, "equals"),
+        ({"suppress_when": {"tag": "br1.state"}}, "equals"),
     ],
 )
 def test_invalid_config_names_the_field(over: dict[str, Any], field: str) -> None:
@@ -53,12 +53,12 @@ def test_every_kind_validates_with_its_fields() -> None:
     alarms = [
         cfg(id="h", kind="high_high", limit=40.0, deadband=0.5, on_delay_s=10, latch=True),
         cfg(id="l", kind="low_low", limit=2.0, priority="critical"),
-        cfg(id="d", kind="deviation", limit=1.0, setpoint_tag="loop1/sp"),
+        cfg(id="d", kind="deviation", limit=1.0, setpoint_tag="loop1.sp"),
         cfg(id="r", kind="roc", limit=None, rate_per_min=2.0),
         cfg(id="x", kind="discrete", limit=None, state=1.0, for_s=60.0),
         cfg(id="q", kind="quality", limit=None, stale_after_s=30.0),
         cfg(id="n", kind="n_of_m", limit=3520.0, window_n=2, window_m=3),
-        cfg(id="s", suppress_when={"tag": "br1/state", "equals": 0}),
+        cfg(id="s", suppress_when={"tag": "br1.state", "equals": 0}),
     ]
     assert [a.compared_limit for a in alarms] == [40.0, 2.0, 1.0, 2.0, 1.0, 30.0, 3520.0, 38.0]
     with pytest.raises(ValidationError):
@@ -96,11 +96,11 @@ def test_tag_columns_and_suppression() -> None:
     """The gather index maps each alarm's tags to tag-store columns; suppression compares."""
     table = pack(
         [
-            cfg(id="a", suppress_when={"tag": "br1/state", "equals": 0}),
-            cfg(id="d", kind="deviation", limit=1.0, setpoint_tag="loop1/sp", tag="inc1/co2"),
+            cfg(id="a", suppress_when={"tag": "br1.state", "equals": 0}),
+            cfg(id="d", kind="deviation", limit=1.0, setpoint_tag="loop1.sp", tag="inc1.co2"),
         ]
     )
-    cols = {"inc1/temp": 0, "inc1/co2": 1, "loop1/sp": 2, "br1/state": 3}
+    cols = {"inc1.temp": 0, "inc1.co2": 1, "loop1.sp": 2, "br1.state": 3}
     value, sp, supp = table.tag_columns(cols)
     assert value.tolist() == [0, 1]
     assert sp.tolist() == [0, 2]
@@ -109,5 +109,5 @@ def test_tag_columns_and_suppression() -> None:
     assert table.suppression(store[supp]).tolist() == [True, False]
     store[3] = 1.0
     assert table.suppression(store[supp]).tolist() == [False, False]
-    with pytest.raises(KeyError, match="loop1/sp"):
-        table.tag_columns({"inc1/temp": 0, "inc1/co2": 1, "br1/state": 3})
+    with pytest.raises(KeyError, match=r"loop1\.sp"):
+        table.tag_columns({"inc1.temp": 0, "inc1.co2": 1, "br1.state": 3})

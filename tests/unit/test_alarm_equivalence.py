@@ -21,13 +21,13 @@ VERBS = ["ack", "reset", "shelve", "unshelve", "out_of_service", "in_service"]
 def random_config(rng: np.random.Generator, j: int) -> AlarmConfig:
     """A random alarm of a random kind, with every option drawn."""
     kind = str(rng.choice(KINDS))
-    c: dict[str, Any] = {"id": f"a{j}", "tag": f"dev/t{j}", "kind": kind}
+    c: dict[str, Any] = {"id": f"a{j}", "tag": f"dev.t{j}", "kind": kind}
     c["priority"] = str(rng.choice(["low", "medium", "high", "critical"]))
     c["latch"] = bool(rng.random() < 0.3)
     c["off_delay_s"] = float(rng.choice([0.0, 0.0, 1.5, 4.0]))
     c["shelve_max_s"] = float(rng.choice([5.0, 60.0]))
     if rng.random() < 0.25:
-        c["suppress_when"] = {"tag": "dev/state", "equals": 1.0}
+        c["suppress_when"] = {"tag": "dev.state", "equals": 1.0}
     if kind in ("discrete", "quality"):
         key = "for_s" if kind == "discrete" else "stale_after_s"
         c[key] = float(rng.choice([0.0, 2.0, 5.0]))
@@ -46,7 +46,7 @@ def random_config(rng: np.random.Generator, j: int) -> AlarmConfig:
     else:
         c["limit"] = float(rng.normal(0, 1))
     if kind == "deviation":
-        c["setpoint_tag"] = "dev/sp"
+        c["setpoint_tag"] = "dev.sp"
     return AlarmConfig.model_validate(c)
 
 

@@ -86,7 +86,7 @@ def test_standing_alarm_after_24_hours() -> None:
 def test_masked_alarms_are_listed_from_the_engine_events() -> None:
     """Shelved, suppressed and out-of-service alarms are listed by the engine's own events."""
     cfg = [
-        AlarmConfig.model_validate({"id": i, "tag": "d/t", "kind": "high", "limit": 1.0})
+        AlarmConfig.model_validate({"id": i, "tag": "d.t", "kind": "high", "limit": 1.0})
         for i in ("x", "y", "z")
     ]
     eng = AlarmEngine(cfg)

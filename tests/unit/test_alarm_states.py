@@ -24,7 +24,7 @@ class One:
     """One high alarm (limit 40) driven tick by tick; time advances 1 s per tick."""
 
     def __init__(self, **over: Any) -> None:
-        base: dict[str, Any] = {"id": "t", "tag": "inc/t", "kind": "high", "limit": 40.0}
+        base: dict[str, Any] = {"id": "t", "tag": "inc.t", "kind": "high", "limit": 40.0}
         self.eng = AlarmEngine([AlarmConfig.model_validate(base | over)])
         self.now = 0.0
         self.suppress = False

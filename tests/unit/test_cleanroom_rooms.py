@@ -32,8 +32,8 @@ def room(**over: Any) -> RoomConfig:
     cfg: dict[str, Any] = {
         "id": "fill-1",
         "grade": "A",
-        "p05_tag": "pc-1/conc_0_5um",
-        "p50_tag": "pc-1/conc_5_0um",
+        "p05_tag": "pc-1.conc_0_5um",
+        "p50_tag": "pc-1.conc_5_0um",
         "alert_fraction": 0.5,
     }
     return RoomConfig.model_validate(cfg | over)
@@ -68,7 +68,7 @@ def test_grade_a_rules(limit_set: str, state: str, p05: int, p50: int) -> None:
     }
     crit = rules["room.fill-1.p50.action"]
     assert (crit.kind, crit.limit, crit.priority, crit.on_delay_s) == ("high", p50, "critical", 0)
-    assert crit.source == "pc-1/conc_5_0um"
+    assert crit.source == "pc-1.conc_5_0um"
     assert crit.unit == "particles/m3"
     assert f"Grade A, {state.replace('_', ' ')}" in crit.message
     assert "action limit" in crit.message
@@ -78,7 +78,7 @@ def test_grade_a_rules(limit_set: str, state: str, p05: int, p50: int) -> None:
         "high",
         p05,
         "high",
-        "pc-1/conc_0_5um",
+        "pc-1.conc_0_5um",
     )
     assert rules["room.fill-1.p05.alert"].limit == p05 / 2
     assert rules["room.fill-1.p50.alert"].limit == p50 / 2
@@ -171,7 +171,7 @@ def test_grade_d_2008_says_not_defined() -> None:
         ({"state": "operational"}, "state"),
         ({"alert_fraction": 1.0}, "alert_fraction"),
         ({"alert_fraction": 0.0}, "alert_fraction"),
-        ({"p05_tag": "pc-1.conc_0_5um"}, "p05_tag"),
+        ({"p05_tag": "pc-1/conc_0_5um"}, "p05_tag"),
         ({"p50_tag": "conc_5_0um"}, "p50_tag"),
         ({"id": "fill.1"}, "id"),
         ({"colour": "blue"}, "colour"),
@@ -234,7 +234,7 @@ def test_alert_always_below_action(grade: Any, limit_set: Any, state: Any, fract
 
 
 def link(**over: Any) -> PressureLinkConfig:
-    cfg: dict[str, Any] = {"high_room": "fill-1", "low_room": "airlock-1", "tag": "dp-1/dp"}
+    cfg: dict[str, Any] = {"high_room": "fill-1", "low_room": "airlock-1", "tag": "dp-1.dp"}
     return PressureLinkConfig.model_validate(cfg | over)
 
 
@@ -245,7 +245,7 @@ def test_pressure_link_defaults_and_rules() -> None:
     assert (action.kind, action.limit, action.priority) == ("low", 10.0, "high")
     assert (alert.kind, alert.limit, alert.priority) == ("low", 12.0, "medium")
     for rule in (action, alert):
-        assert (rule.source, rule.unit, rule.on_delay_s, rule.deadband) == ("dp-1/dp", "Pa", 60, 1)
+        assert (rule.source, rule.unit, rule.on_delay_s, rule.deadband) == ("dp-1.dp", "Pa", 60, 1)
         assert "fill-1 -> airlock-1" in rule.message
 
 
@@ -281,7 +281,7 @@ def site(**over: Any) -> CleanroomConfig:
         "rooms": [room().model_dump(), room(id="airlock-1", grade="B").model_dump()],
         "pressure_links": [
             link().model_dump(),
-            {"high_room": "airlock-1", "low_room": "corridor", "tag": "dp-2/dp"},
+            {"high_room": "airlock-1", "low_room": "corridor", "tag": "dp-2.dp"},
         ],
         "unclassified_areas": ["corridor"],
     }
@@ -310,7 +310,7 @@ def test_site_validation_names_links_and_rooms() -> None:
         site(rooms=[room().model_dump(), room().model_dump()])
     assert "rooms.1.id: duplicate room id 'fill-1'" in errors_of(exc)
     with pytest.raises(ValidationError) as exc:
-        site(pressure_links=[link().model_dump(), link(tag="dp-9/dp").model_dump()])
+        site(pressure_links=[link().model_dump(), link(tag="dp-9.dp").model_dump()])
     assert "pressure_links.1: a second link fill-1 -> airlock-1" in errors_of(exc)
 
 
@@ -323,16 +323,16 @@ def test_state_for_unknown_room_is_an_error() -> None:
 def test_check_sources_against_the_fleet() -> None:
     """A rule whose source is missing or in another unit is reported by id."""
     units = {
-        "pc-1/conc_0_5um": "particles/m3",
-        "pc-1/conc_5_0um": "counts",
-        "dp-1/dp": "Pa",
+        "pc-1.conc_0_5um": "particles/m3",
+        "pc-1.conc_5_0um": "counts",
+        "dp-1.dp": "Pa",
     }
     rules = room_rules(room()) + link_rules(link())
     problems = check_sources(rules, units)
-    assert "room.fill-1.p50.action: source 'pc-1/conc_5_0um' is in 'counts'" in problems[0]
+    assert "room.fill-1.p50.action: source 'pc-1.conc_5_0um' is in 'counts'" in problems[0]
     assert not any("p05" in p or "dp." in p for p in problems)
-    assert check_sources(link_rules(link(tag="dp-2/dp")), units)[0].startswith(
-        "dp.fill-1.airlock-1.action: source 'dp-2/dp' is not a tag"
+    assert check_sources(link_rules(link(tag="dp-2.dp")), units)[0].startswith(
+        "dp.fill-1.airlock-1.action: source 'dp-2.dp' is not a tag"
     )
 
 

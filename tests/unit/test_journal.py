@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from controller.journal import Journal
+from controller.spool_events import Event
 from drivers.sample import Sample, Scan
 
 
@@ -92,3 +93,18 @@ def test_duplicate_cursor_name_is_an_error() -> None:
     journal.cursor("a")
     with pytest.raises(ValueError, match="exists"):
         journal.cursor("a")
+
+
+def test_events_have_their_own_positions_and_wake_a_waiting_sink() -> None:
+    """Events are kept per cursor until acked, apart from scans, and count for `wait`."""
+    journal = Journal(100)
+    journal.record_event(Event(1, "audit", "nobody", {}))  # no consumer: nobody keeps it
+    a = journal.cursor("a")
+    assert (a.event_lag, a.peek_events(10)) == (0, [])
+    journal.record_event(Event(2, "alarm", "A1", {"state": "active"}))
+    journal.append(scan(0))
+    assert a.peek_events(10) == [(2, Event(2, "alarm", "A1", {"state": "active"}))]
+    a.ack(1)
+    assert (a.lag, a.event_lag) == (0, 1)
+    a.ack_event(2)
+    assert (a.event_lag, journal.events_after(0, 10)) == (0, [])

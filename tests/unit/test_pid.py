@@ -100,7 +100,7 @@ def tick_inputs(pv: st.SearchStrategy[float], dt: st.SearchStrategy[float], n: i
 
 
 def assert_no_nan(state: pid.PidState) -> None:
-    for name in ("u", "spw", "p", "dd", "i", "pv_last", "bad_s", "manual_output"):
+    for name in ("u", "spw", "p", "d", "i", "pv_last", "bad_s", "manual_output"):
         assert not np.isnan(getattr(state, name)).any(), name
 
 
@@ -159,18 +159,19 @@ def test_integrator_never_winds_past_the_saturating_value(case: Any) -> None:
         i_old = state.i.copy()
         terms = pid.update(state, params, arr(*pv), arr(*sp), dt, np.array(ok))
         auto = terms.mode == pid.AUTO
-        tol = 1e-9 * (1.0 + np.abs(state.hi) + np.abs(state.pd) + np.abs(i_old))
+        pd = terms.p + terms.d
+        tol = 1e-9 * (1.0 + np.abs(state.hi) + np.abs(pd) + np.abs(i_old))
         high = auto & terms.sat_high
         # on the bound to float precision: i = hi - pd, then pd + i can round 1 ulp below hi
         assert np.all(np.abs(terms.output[high] - state.hi[high]) <= tol[high])
-        bound_high = np.maximum(i_old, state.hi - state.pd)
+        bound_high = np.maximum(i_old, state.hi - pd)
         assert np.all(terms.i[high] <= bound_high[high] + tol[high])
-        already = high & (i_old + state.pd >= state.hi)
+        already = high & (i_old + pd >= state.hi)
         assert np.all(terms.i[already] <= i_old[already])
         low = auto & terms.sat_low
-        bound_low = np.minimum(i_old, state.lo - state.pd)
+        bound_low = np.minimum(i_old, state.lo - pd)
         assert np.all(terms.i[low] >= bound_low[low] - tol[low])
-        already = low & (i_old + state.pd <= state.lo)
+        already = low & (i_old + pd <= state.lo)
         assert np.all(terms.i[already] >= i_old[already])
 
 
@@ -262,37 +263,30 @@ def random_loops(rng: np.random.Generator, n: int) -> list[LoopSettings]:
     return out
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_matches_scalar_reference(seed: int) -> None:
-    """The vectorised core and the loop-by-loop reference agree over many ticks."""
-    rng = np.random.default_rng(seed)
-    n, ticks = 40, 400
-    cfgs = random_loops(rng, n)
+def run_both(
+    cfgs: list[LoopSettings],
+    ticks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    switch: Any = None,
+) -> list[pid.PidTerms]:
+    """Tick the core and the reference side by side and assert they agree at every tick.
+
+    `ticks` is (pv, sp, ok, dt), each shaped (ticks, n) except dt: (ticks,) for a scalar dt
+    per tick or (ticks, n) for one per loop. `switch(k, state, params, refs)` may change
+    modes before tick k. Returns a copy of the core's terms at every tick.
+    """
+    pv, sp, ok, dts = ticks
+    n = len(cfgs)
     params, state = build(cfgs, DT_MIN, DT_MAX)
     refs = [RefLoop(c, DT_MIN, DT_MAX) for c in cfgs]
-    pv = np.cumsum(rng.normal(0, 1, (ticks, n)), axis=0)
-    sp = np.repeat(rng.uniform(-10, 10, (1, n)), ticks, axis=0)
-    sp[ticks // 3 :] += rng.uniform(-5, 5, n)
-    ok = rng.random((ticks, n)) > 0.1
-    ok[100:160, : n // 4] = False  # stale long enough to reach the safe state
-    pv[rng.random((ticks, n)) < 0.05] = np.nan
-    dts = rng.choice(
-        [0.05, 0.1, 0.2, 5.0, 0.0, -1.0, math.nan], ticks, p=[0.3, 0.4, 0.2] + [0.025] * 4
-    )
-    seen: set[int] = set()
-    for k in range(ticks):
-        if k in (150, 300):  # operators switch some loops
-            flip = rng.random(n) < 0.3
-            for j in np.flatnonzero(flip):
-                value = float(rng.uniform(cfgs[j].out_min, cfgs[j].out_max))
-                to_auto = not state.auto[j]
-                pid.set_mode(
-                    state, params, [j], auto=to_auto, manual_output=value if not to_auto else None
-                )
-                refs[j].set_mode(to_auto, value if not to_auto else None)
-        got = pid.update(state, params, pv[k], sp[k], float(dts[k]), ok[k])
+    history = []
+    for k in range(pv.shape[0]):
+        if switch is not None:
+            switch(k, state, params, refs)
+        dt_k = dts[k] if dts.ndim == 2 else float(dts[k])
+        got = pid.update(state, params, pv[k], sp[k], dt_k, ok[k], out=pid.PidTerms.empty(n))
+        dt_j = np.broadcast_to(dts[k], (n,))
         want = [
-            r.step(float(pv[k, j]), float(sp[k, j]), float(dts[k]), bool(ok[k, j]))
+            r.step(float(pv[k, j]), float(sp[k, j]), float(dt_j[j]), bool(ok[k, j]))
             for j, r in enumerate(refs)
         ]
         for name in ("output", "p", "i", "d", "sp"):
@@ -307,8 +301,97 @@ def test_matches_scalar_reference(seed: int) -> None:
             np.testing.assert_array_equal(
                 getattr(got, name), [getattr(w, name) for w in want], err_msg=f"{name} tick {k}"
             )
-        seen |= set(got.mode.tolist())
+        history.append(got)
+    return history
+
+
+def flipper(rng: np.random.Generator, cfgs: list[LoopSettings], at: tuple[int, ...]) -> Any:
+    """A `switch` for run_both: at the ticks `at`, operators flip ~30 % of the loops."""
+
+    def switch(k: int, state: pid.PidState, params: pid.PidParams, refs: list[RefLoop]) -> None:
+        if k not in at:
+            return
+        for j in np.flatnonzero(rng.random(len(cfgs)) < 0.3):
+            value = float(rng.uniform(cfgs[j].out_min, cfgs[j].out_max))
+            to_auto = not state.auto[j]
+            manual = None if to_auto else value
+            pid.set_mode(state, params, [j], auto=to_auto, manual_output=manual)
+            refs[j].set_mode(to_auto, manual)
+
+    return switch
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_matches_scalar_reference(seed: int) -> None:
+    """The vectorised core and the loop-by-loop reference agree over many ticks."""
+    rng = np.random.default_rng(seed)
+    n, ticks = 40, 400
+    cfgs = random_loops(rng, n)
+    pv = np.cumsum(rng.normal(0, 1, (ticks, n)), axis=0)
+    sp = np.repeat(rng.uniform(-10, 10, (1, n)), ticks, axis=0)
+    sp[ticks // 3 :] += rng.uniform(-5, 5, n)
+    ok = rng.random((ticks, n)) > 0.1
+    ok[100:160, : n // 4] = False  # stale long enough to reach the safe state
+    pv[rng.random((ticks, n)) < 0.05] = np.nan
+    dts = rng.choice(
+        [0.05, 0.1, 0.2, 5.0, 0.0, -1.0, math.nan], ticks, p=[0.3, 0.4, 0.2] + [0.025] * 4
+    )
+    history = run_both(cfgs, (pv, sp, ok, dts), flipper(rng, cfgs, (150, 300)))
+    seen = set(np.concatenate([t.mode for t in history]).tolist())
     assert seen == {pid.MANUAL, pid.AUTO, pid.HOLD, pid.SAFE}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_reference_on_every_path_of_a_tick(seed: int) -> None:
+    """Ticks that mix held, safe, manual, ramping and rate-limited loops with normal ones, ticks
+    where every loop is bad, and the first good ticks after an outage, agree with the
+    reference; every one of these kinds of tick occurs."""
+    rng = np.random.default_rng(100 + seed)
+    n, ticks = 30, 300
+    cfgs = [
+        c.model_copy(update={"out_rate_per_s": float(rng.uniform(0.5, 5)), "sp_rate_per_s": 0.5})
+        for c in random_loops(rng, n)
+    ]
+    pv = np.cumsum(rng.normal(0, 1, (ticks, n)), axis=0)
+    sp = np.repeat(rng.uniform(-10, 10, (1, n)), ticks, axis=0)
+    for k0 in range(0, ticks, 60):  # set-point steps: ramps in progress most of the time
+        sp[k0:] += rng.uniform(-5, 5, n)
+    ok = rng.random((ticks, n)) > 0.05
+    ok[40:50] = False  # every loop bad, then all good again at once
+    ok[50:60] = True
+    ok[200:260, : n // 3] = False  # a stale third: hold, then safe
+    ok[130, 7] = False  # exactly one bad loop, then none
+    ok[131] = True
+    dts = rng.choice([0.05, 0.1, 0.2, 1.0], ticks)
+    history = run_both(cfgs, (pv, sp, ok, dts), flipper(rng, cfgs, (20, 120, 220)))
+    lim_lo = np.array([c.out_min for c in cfgs])
+    lim_hi = np.array([c.out_max for c in cfgs])
+    mixed = 0
+    for k, t in enumerate(history):
+        rate_limited = (t.sat_high & (t.output < lim_hi)) | (t.sat_low & (t.output > lim_lo))
+        kinds = (t.mode == pid.HOLD, t.mode == pid.MANUAL, t.sp != sp[k], rate_limited)
+        mixed += all(kind.any() for kind in kinds) and bool((t.mode == pid.AUTO).any())
+    assert mixed > 10
+    assert {int(m) for m in history[45].mode} <= {pid.MANUAL, pid.HOLD, pid.SAFE}
+    assert not (history[50].mode >= pid.HOLD).any()  # all good right after all bad
+    assert not (history[131].mode >= pid.HOLD).any()
+    assert (np.concatenate([t.mode for t in history]) == pid.SAFE).any()
+
+
+def test_per_loop_dt_matches_reference() -> None:
+    """With one measured dt per loop (loops that carry their own timestamps), including NaN,
+    negative and huge ones, the core agrees with the reference given each loop's dt."""
+    rng = np.random.default_rng(7)
+    n, ticks = 20, 200
+    cfgs = random_loops(rng, n)
+    pv = np.cumsum(rng.normal(0, 1, (ticks, n)), axis=0)
+    sp = np.repeat(rng.uniform(-10, 10, (1, n)), ticks, axis=0)
+    sp[ticks // 2 :] += 3.0
+    ok = rng.random((ticks, n)) > 0.1
+    dts = rng.choice(
+        [0.05, 0.1, 0.3, 5.0, -1.0, math.nan], (ticks, n), p=[0.3, 0.3, 0.3] + [1 / 30] * 3
+    )
+    run_both(cfgs, (pv, sp, ok, dts), flipper(rng, cfgs, (60, 140)))
 
 
 def test_array_dt_equals_scalar_dt() -> None:

@@ -22,6 +22,7 @@ from controller.spool_budget import (
     mean_scan_bytes,
 )
 from controller.spool_codec import decode, encode, layout_of
+from controller.spool_events import Event
 from drivers.sample import Quality, Sample, Scan
 
 BIG = 1 << 30
@@ -61,6 +62,12 @@ class JournalLike:
     def append(self, *scans: Scan) -> None:
         for s in scans:
             self.store.append(s)
+        if isinstance(self.store, Spool):
+            self.store.commit()
+
+    def record(self, *events: Event) -> None:
+        for e in events:
+            self.store.record_event(e)
         if isinstance(self.store, Spool):
             self.store.commit()
 
@@ -491,3 +498,199 @@ def test_batch_and_config_stamps_survive_the_disk(path: Path) -> None:
         (first, second) = [sc for _, sc in s.cursor("influx").peek(10)]
     assert (first.batch, first.config) == ("LOT-1", "0123456789ab")
     assert (second.batch, second.config) == (None, None)
+
+
+# --- events: alarm transitions, audit records, ... beside scans and gaps ---------------------
+
+
+def event(i: int, kind: str = "alarm") -> Event:
+    body: dict[str, object] = {"state": "active", "value": i + 0.5, "tags": ["a", i], "n": None}
+    return Event(i, kind, f"A{i}", {**body, "nested": {"ok": True}})  # type: ignore[dict-item]
+
+
+def held_events(s: Spool) -> int:
+    (n,) = s._db.execute("SELECT count(*) FROM events").fetchone()
+    return int(n)
+
+
+def test_events_come_in_order_and_again_until_acked(either: JournalLike) -> None:
+    """Events reach each cursor oldest first, equal to what was recorded, until acked."""
+    a, b = either.store.cursor("a"), either.store.cursor("b")
+    either.record(*(event(i) for i in range(4)))
+    assert [e for _, e in a.peek_events(10)] == [event(i) for i in range(4)]
+    assert a.peek_events(2) == a.peek_events(2)
+    a.ack_event(a.peek_events(2)[-1][0])
+    assert [e.t_ns for _, e in a.peek_events(10)] == [2, 3]
+    assert [e.t_ns for _, e in b.peek_events(10)] == [0, 1, 2, 3]
+    assert (a.event_lag, b.event_lag, a.lag) == (2, 4, 0)
+
+
+def test_events_are_released_once_every_cursor_acked(either: JournalLike) -> None:
+    """Retention: an event stays until the slowest cursor acked it, then it is deleted."""
+    a, b = either.store.cursor("a"), either.store.cursor("b")
+    either.record(event(0), event(1))
+    a.ack_event(2)
+    either.record()
+    assert len(either.store.events_after(0, 10)) == 2
+    b.ack_event(1)
+    either.record()
+    assert [e.t_ns for _, e in either.store.events_after(0, 10)] == [1]
+    assert [e.t_ns for _, e in either.store.cursor("late").peek_events(10)] == [1]
+
+
+async def test_wait_wakes_on_an_event_alone(either: JournalLike) -> None:
+    """A sink idle for lack of scans wakes for an event, and ends only once it is acked."""
+    cur = either.store.cursor("a")
+    waiter = asyncio.create_task(cur.wait())
+    await asyncio.sleep(0)  # let the waiter block: this is ordering, not timing
+    assert not waiter.done()
+    either.record(event(1))
+    assert await asyncio.wait_for(waiter, 5) is True
+    assert (cur.lag, cur.event_lag) == (0, 1)
+    either.store.close()
+    assert await asyncio.wait_for(cur.wait(), 5) is True  # closed, but the event is still pending
+    cur.ack_event(cur.peek_events(1)[0][0])
+    assert await asyncio.wait_for(cur.wait(), 5) is False
+
+
+async def test_wait_wakes_on_a_gap_alone(spool: Spool) -> None:
+    """A gap recorded while no scan arrives is forwarded promptly too."""
+    cur = spool.cursor("a")
+    waiter = asyncio.create_task(cur.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    spool.record_gap(Gap(1, 2, "device unreachable", ("x",)))
+    spool.commit()
+    assert await asyncio.wait_for(waiter, 5) is True
+    assert (cur.lag, cur.gap_lag, cur.event_lag) == (0, 1, 0)
+
+
+async def test_events_are_invisible_until_committed(spool: Spool) -> None:
+    """A recorded event, like a scan, reaches no sink before it is on disk."""
+    cur = spool.cursor("a")
+    waiter = asyncio.create_task(cur.wait())
+    spool.record_event(event(1))
+    await asyncio.sleep(0)
+    assert (cur.event_lag, cur.peek_events(10), waiter.done()) == (0, [], False)
+    spool.commit()
+    assert await asyncio.wait_for(waiter, 5) is True
+    assert cur.peek_events(10) == [(1, event(1))]
+
+
+def test_events_commit_in_the_scans_transaction(spool: Spool) -> None:
+    """A tick's scans, events, a gap and event acks are written by exactly one transaction."""
+    a = spool.cursor("a")
+    spool.record_event(event(0))
+    spool.commit()
+    seen = statements(spool)
+    for i in range(200):
+        spool.append(scan(i, f"dev{i}", tags=20))
+    for i in range(1, 6):
+        spool.record_event(event(i))
+    spool.record_gap(Gap(1, 2, "device unreachable", ("x",)))
+    a.ack_event(1)
+    assert spool.commit() == 200
+    assert sum(s.startswith("BEGIN") for s in seen) == 1
+    assert sum(s == "COMMIT" for s in seen) == 1
+    assert sum(s.startswith("INSERT INTO events") for s in seen) == 5  # executemany
+    assert [i for i, _ in a.peek_events(10)] == [2, 3, 4, 5, 6]
+
+
+def test_events_and_positions_survive_reopen(path: Path) -> None:
+    """After a restart events are still there, each cursor resumes, and ids continue."""
+    with Spool(path, budget_bytes=BIG) as s:
+        a, b = s.cursor("a"), s.cursor("b")
+        s.record_event(event(0))
+        s.record_event(event(1, "audit"))
+        s.commit()
+        a.ack_event(1)
+        s.commit()  # the ack is persisted with the next commit
+    with Spool(path, budget_bytes=BIG) as s:
+        a, b = s.cursor("a"), s.cursor("b")
+        assert (a.event_acked, b.event_acked) == (1, 0)
+        assert b.peek_events(10) == [(1, event(0)), (2, event(1, "audit"))]
+        s.record_event(event(2))
+        s.commit()
+        assert [i for i, _ in a.peek_events(10)] == [2, 3]
+
+
+def test_event_ack_lost_in_a_crash_redelivers(path: Path) -> None:
+    """An event acked but not yet persisted when the process dies comes again."""
+    s = Spool(path, budget_bytes=BIG)
+    cur = s.cursor("a")
+    s.record_event(event(0))
+    s.commit()
+    cur.ack_event(1)  # acked in memory only: the next commit never happens
+    s._db.close()  # the process dies: no shutdown, no checkpoint
+    s._lock.close()
+    with Spool(path, budget_bytes=BIG) as again:
+        assert again.cursor("a").peek_events(10) == [(1, event(0))]
+
+
+def test_event_ids_never_restart_after_retention(path: Path) -> None:
+    """With every event acked and deleted, a new cursor starts past them and ids continue."""
+    with Spool(path, budget_bytes=BIG) as s:
+        cur = s.cursor("a")
+        s.record_event(event(0))
+        s.record_event(event(1))
+        s.commit()
+        cur.ack_event(2)
+        s.commit()
+        assert held_events(s) == 0
+    with Spool(path, budget_bytes=BIG) as s:
+        assert s.cursor("new").event_lag == 0
+        s.record_event(event(2))
+        s.commit()
+        assert s.cursor("a").peek_events(10) == [(3, event(2))]
+
+
+def test_events_are_kept_without_any_cursor(spool: Spool) -> None:
+    """Like scans, events wait for a sink configured later (the spool is the store)."""
+    spool.record_event(event(0))
+    spool.commit()
+    spool.commit()
+    assert spool.cursor("later").peek_events(10) == [(1, event(0))]
+
+
+def test_budget_drops_scans_but_never_events(path: Path) -> None:
+    """At the limit the budget deletes old non-GMP scans; every event recorded stays."""
+    with Spool(path, budget_bytes=300_000, synchronous="NORMAL") as s:
+        cur = s.cursor("influx")
+        for i in range(1500):
+            s.append(scan(i, "fridge", tags=20))
+            if i % 10 == 9:
+                s.record_event(event(i))
+                s.commit()
+        assert s.dropped > 0 and s.gaps()
+        assert [e.t_ns for _, e in cur.peek_events(1000)] == list(range(9, 1500, 10))
+        assert cur.event_lag == 150
+
+
+def test_event_body_that_is_not_json_is_refused_at_once(spool: Spool) -> None:
+    """A body JSON cannot hold fails at the caller, before it could block every commit."""
+    cur = spool.cursor("a")
+    with pytest.raises(TypeError):
+        spool.record_event(Event(1, "audit", "x", {"when": object()}))  # type: ignore[dict-item]
+    spool.record_event(event(2))
+    spool.commit()
+    assert cur.peek_events(10) == [(1, event(2))]
+
+
+def test_buffered_events_count_in_the_budget(spool: Spool) -> None:
+    """A buffered event adds its bytes to the usage the budget reports."""
+    before = spool.usage_fraction
+    spool.record_event(event(0))
+    assert spool.usage_fraction > before
+
+
+async def test_event_after_close_reaches_the_draining_sinks(path: Path) -> None:
+    """An event recorded during the shutdown drain is committed at once and delivered."""
+    s = Spool(path, budget_bytes=BIG)
+    cur = s.cursor("a")
+    s.close()
+    s.record_event(event(7, "audit"))
+    assert await asyncio.wait_for(cur.wait(), 5) is True
+    assert cur.peek_events(10) == [(1, event(7, "audit"))]
+    s.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        s.record_event(event(8))

@@ -1,0 +1,234 @@
+"""The alarm engine at run time: every configured alarm evaluated from the tag store each tick.
+
+Alarms come from `[[alarms]]` and from `[cleanroom]` (controller/cleanroom: the Annex 1
+limits of each room, for both operational states, the state not in force suppressed by
+design, and the ΔP links). Each room's state is a tag of its own stream (`room.<id>`,
+`in_operation` 1/0), recorded like any reading and switched by the `room_state` command.
+Every transition goes out three ways: the alarm's retained snapshot on
+`<prefix>/alarms/<alarm>`, an `alarm` event (InfluxDB `alarm_events`, MQTT
+`events/alarm`), and, through the command that caused it, the audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from controller.alarms import AlarmConfig, AlarmEngine, AlarmEvent, AlarmRefused, HealthTracker
+from controller.cleanroom.annex1 import State
+from controller.cleanroom.rooms import CleanroomConfig, LimitRule, link_rules, room_rules
+from controller.command_actions import AlarmAction, RoomState
+from controller.loops import loop_tags
+from controller.tagstore import TagStore
+from drivers.sample import Quality, Sample, Scan, utc_now_ns
+
+if TYPE_CHECKING:
+    from controller.config import SiteConfig
+
+log = logging.getLogger(__name__)
+
+STATES: tuple[State, ...] = ("at_rest", "in_operation")
+ROOM_TAG = "in_operation"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomTag:
+    """The one tag of a room's stream."""
+
+    tag: str = ROOM_TAG
+    unit: str = "bool"
+
+
+def room_stream(room: str) -> str:
+    """The stream a room's operational state is recorded under."""
+    return f"room.{room}"
+
+
+def derived_tags(cfg: SiteConfig) -> list[str]:
+    """`stream.tag` of what the daemon itself records: the loops' terms, the rooms' states."""
+    out = [f"{loop.id}.{t.tag}" for loop in cfg.loops for t in loop_tags("", "")]
+    rooms = cfg.cleanroom.rooms if cfg.cleanroom else ()
+    return out + [f"{room_stream(room.id)}.{ROOM_TAG}" for room in rooms]
+
+
+def cleanroom_alarms(cleanroom: CleanroomConfig | None) -> list[AlarmConfig]:
+    """The cleanroom's rules as engine alarms: per room both states, the other suppressed."""
+    if cleanroom is None:
+        return []
+    out = []
+    for room in cleanroom.rooms:
+        for state in STATES:
+            equals = 0.0 if state == "in_operation" else 1.0  # suppressed in the other state
+            for rule in room_rules(room, state):
+                alarm_id = rule.id.replace(f"room.{room.id}.", f"room.{room.id}.{state}.", 1)
+                suppress = {"tag": f"{room_stream(room.id)}.{ROOM_TAG}", "equals": equals}
+                out.append(_alarm(rule, alarm_id, suppress))
+    for link in cleanroom.pressure_links:
+        out += [_alarm(rule, rule.id, None) for rule in link_rules(link)]
+    return out
+
+
+def _alarm(rule: LimitRule, alarm_id: str, suppress: dict[str, object] | None) -> AlarmConfig:
+    fields: dict[str, object] = {
+        "id": alarm_id,
+        "tag": rule.source,
+        "kind": rule.kind,
+        "priority": rule.priority,
+        "message": rule.message,
+        "limit": rule.limit,
+        "on_delay_s": rule.on_delay_s,
+        "off_delay_s": rule.off_delay_s,
+    }
+    if rule.kind == "n_of_m":
+        fields |= {"window_n": rule.n, "window_m": rule.m}
+    elif rule.deadband:
+        fields["deadband"] = rule.deadband
+    if suppress is not None:
+        fields["suppress_when"] = suppress
+    return AlarmConfig.model_validate(fields)
+
+
+class AlarmService:
+    """Evaluates, publishes and operates the site's alarms (implements plant.AlarmDesk)."""
+
+    def __init__(
+        self,
+        configs: Sequence[AlarmConfig],
+        store: TagStore,
+        rooms: Mapping[str, str],
+        *,
+        publish_state: Callable[[str, bytes], None],
+        record_event: Callable[[AlarmEvent], None],
+        record_scan: Callable[[Scan], object],
+    ) -> None:
+        self.engine = AlarmEngine(configs)
+        self.health = HealthTracker()
+        self.rooms = dict(rooms)  # room id -> at_rest | in_operation
+        self._store = store
+        self._publish_state = publish_state
+        self._record_event = record_event
+        self._record_scan = record_scan
+        columns = {f"{dev}.{tag}": i for (dev, tag), i in store.index.items()}
+        self._value, self._sp, self._sup = self.engine.table.tag_columns(columns)
+        self._last_rx = np.full(len(self._value), -1, dtype=np.int64)
+        self.ticks = 0
+        self.events = 0
+
+    # --- per tick -------------------------------------------------------------------
+    def start(self) -> None:
+        """Record every room's state and publish every alarm's snapshot (late joiners)."""
+        for room in self.rooms:
+            self._record_room(room)
+        for alarm in self.engine.ids:
+            self._publish_state(f"alarms/{alarm}", self._snapshot(alarm))
+
+    def tick(self, now_s: float, t_ns: int) -> list[AlarmEvent]:
+        """Evaluate every alarm on the latest values; publish what moved."""
+        store, cols = self._store, self._value
+        value = store.value[cols]
+        good = store.quality[cols] == Quality.GOOD
+        rx = store.t_receive_ns[cols]
+        fresh = rx != self._last_rx
+        self._last_rx = rx
+        sp = store.value[self._sp]  # an alarm without a set-point tag reads its own (ignored)
+        suppress = self.engine.table.suppression(store.value[self._sup])
+        events = self.engine.tick(now_s, t_ns, value, good, sp, suppress, fresh)
+        self.ticks += 1
+        self._emit(events)
+        return events
+
+    async def run(self, stop: asyncio.Event, period_s: float) -> None:
+        """Tick every `period_s` (monotonic) until `stop`."""
+        self.start()
+        while not stop.is_set():
+            self.tick(time.monotonic(), utc_now_ns())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period_s)
+
+    def rebind(self, store: TagStore) -> None:
+        """Read from a new tag store (a config reload that left the alarms as they were)."""
+        columns = {f"{dev}.{tag}": i for (dev, tag), i in store.index.items()}
+        self._value, self._sp, self._sup = self.engine.table.tag_columns(columns)
+        self._last_rx = store.t_receive_ns[self._value].copy()
+        self._store = store
+
+    def health_doc(self, t_ns: int) -> dict[str, object]:
+        """ISA-18.2 / EEMUA 191 alarm-system health now (docs/alarms.md)."""
+        return self.health.metrics(t_ns).as_dict()
+
+    # --- commands (plant.AlarmDesk) -------------------------------------------------
+    def state(self, alarm: str) -> str | None:
+        """The alarm's ISA-18.2 state, None for no such alarm."""
+        try:
+            return str(self.engine.state(alarm))
+        except AlarmRefused:
+            return None
+
+    def operate(self, action: AlarmAction, user: str, reason: str) -> None:
+        """ack / reset / shelve / unshelve / out_of_service / in_service; ValueError if refused."""
+        eng, t_ns, alarm = self.engine, utc_now_ns(), action.alarm
+        try:
+            if action.verb == "ack":
+                events = eng.ack(alarm, user=user, t_ns=t_ns, reason=reason)
+            elif action.verb == "reset":
+                events = eng.reset(alarm, user=user, t_ns=t_ns, reason=reason)
+            elif action.verb == "shelve":
+                events = eng.shelve(
+                    alarm,
+                    duration_s=action.duration_s or 0.0,
+                    reason=reason,
+                    user=user,
+                    now_s=time.monotonic(),
+                    t_ns=t_ns,
+                )
+            elif action.verb == "unshelve":
+                events = eng.unshelve(alarm, user=user, t_ns=t_ns, reason=reason)
+            elif action.verb == "out_of_service":
+                events = eng.out_of_service(alarm, user=user, reason=reason, t_ns=t_ns)
+            else:
+                events = eng.in_service(alarm, user=user, t_ns=t_ns, reason=reason)
+        except AlarmRefused as exc:
+            raise ValueError(exc.message) from None
+        self._emit(events)
+
+    def room_state(self, room: str) -> str | None:
+        """at_rest / in_operation, None for no such room."""
+        return self.rooms.get(room)
+
+    def set_room_state(self, action: RoomState, user: str) -> None:
+        """Switch a room's operational state: its other limit set takes over at the next tick."""
+        if action.room not in self.rooms:
+            raise ValueError(f"there is no room {action.room!r}")
+        self.rooms[action.room] = action.state
+        self._record_room(action.room)
+        log.info("room %s is now %s (by %s)", action.room, action.state, user)
+
+    # --- output ---------------------------------------------------------------------
+    def _emit(self, events: list[AlarmEvent]) -> None:
+        if not events:
+            return
+        self.health.observe(events)
+        self.events += len(events)
+        for alarm in dict.fromkeys(ev.alarm for ev in events):
+            self._publish_state(f"alarms/{alarm}", self._snapshot(alarm))
+        for ev in events:
+            self._record_event(ev)
+
+    def _snapshot(self, alarm: str) -> bytes:
+        doc = self.engine.snapshot(alarm)
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False, default=str).encode()
+
+    def _record_room(self, room: str) -> None:
+        """The room's state into the tag store now (alarms see it at once) and the record."""
+        t_ns = utc_now_ns()
+        on = 1.0 if self.rooms[room] == "in_operation" else 0.0
+        scan = Scan(room_stream(room), t_ns, (Sample.good(ROOM_TAG, on, "bool", t_ns),))
+        self._record_scan(scan)
