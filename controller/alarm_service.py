@@ -41,7 +41,7 @@ ROOM_TAG = "in_operation"
 
 @dataclass(frozen=True, slots=True)
 class RoomTag:
-    """The one tag of a room's stream."""
+    """A tag of a stream the daemon records itself (a room's state, its own health)."""
 
     tag: str = ROOM_TAG
     unit: str = "bool"
@@ -56,6 +56,7 @@ def derived_tags(cfg: SiteConfig) -> list[str]:
     """`stream.tag` of what the daemon itself records: the loops' terms, the rooms' states."""
     out = [f"{loop.id}.{t.tag}" for loop in cfg.loops for t in loop_tags("", "")]
     rooms = cfg.cleanroom.rooms if cfg.cleanroom else ()
+    out += [f"{SYSTEM}.{t.tag}" for t in SYSTEM_TAGS]
     return out + [f"{room_stream(room.id)}.{ROOM_TAG}" for room in rooms]
 
 
@@ -164,6 +165,17 @@ class AlarmService:
         """ISA-18.2 / EEMUA 191 alarm-system health now (docs/alarms.md)."""
         return self.health.metrics(t_ns).as_dict()
 
+    def attention(self) -> list[tuple[str, str, str, str]]:
+        """(alarm, state, priority, message) of every alarm not normal nor suppressed."""
+        quiet = ("normal", "suppressed")
+        out: list[tuple[str, str, str, str]] = []
+        for i, alarm in enumerate(self.engine.ids):
+            state = str(self.engine.records[i].state)
+            if state not in quiet:
+                cfg = self.engine.table.configs[i]
+                out.append((alarm, state, cfg.priority, cfg.message))
+        return out
+
     # --- commands (plant.AlarmDesk) -------------------------------------------------
     def state(self, alarm: str) -> str | None:
         """The alarm's ISA-18.2 state, None for no such alarm."""
@@ -232,3 +244,32 @@ class AlarmService:
         on = 1.0 if self.rooms[room] == "in_operation" else 0.0
         scan = Scan(room_stream(room), t_ns, (Sample.good(ROOM_TAG, on, "bool", t_ns),))
         self._record_scan(scan)
+
+
+SYSTEM = "cellfab"  # the daemon's own stream: its health as tags, alarmed like any other
+SYSTEM_TAGS = (
+    RoomTag("spool_usage", "fraction"),  # of the spool's disk budget
+    RoomTag("spool_buffered", "scans"),  # appended, not yet committed (disk failing?)
+    RoomTag("sink_lag_max", "scans"),  # the furthest-behind sink
+    RoomTag("stuck", "count"),  # components the watchdog sees overdue
+)
+BUILT_IN = (
+    AlarmConfig(
+        id="cellfab.spool_usage",
+        tag=f"{SYSTEM}.spool_usage",
+        kind="high",
+        limit=0.8,
+        deadband=0.05,
+        priority="high",
+        message="spool above 80 % of its disk budget: a sink has been down for long; at "
+        "100 % the oldest non-GMP data are dropped (recorded as gaps)",
+    ),
+    AlarmConfig(
+        id="cellfab.stuck",
+        tag=f"{SYSTEM}.stuck",
+        kind="high",
+        limit=0.5,
+        priority="critical",
+        message="a poller, loop group or sink has stopped making progress (watchdog)",
+    ),
+)

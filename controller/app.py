@@ -21,7 +21,15 @@ from typing import Any, Protocol, cast
 
 from controller import sdnotify
 from controller.access_config import UserKey, load_keys
-from controller.alarm_service import AlarmService, RoomTag, cleanroom_alarms, room_stream
+from controller.alarm_service import (
+    BUILT_IN,
+    SYSTEM,
+    SYSTEM_TAGS,
+    AlarmService,
+    RoomTag,
+    cleanroom_alarms,
+    room_stream,
+)
 from controller.alarms import AlarmEvent
 from controller.audit import AuditTrail, trail_path
 from controller.batch_archive import ArchiveWriteError, BatchArchive, archive_path
@@ -47,7 +55,7 @@ from controller.watchdog import Liveness, feed, watchdog_interval_s
 from drivers.base import Driver
 from drivers.registry import AnyDeviceConfig, make_driver
 from drivers.rtubus import RtuBus
-from drivers.sample import utc_now_ns
+from drivers.sample import Sample, Scan, utc_now_ns
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +99,7 @@ def _store(cfg: SiteConfig, devices: Mapping[str, DeviceRun], units: Mapping[str
             *((dev_id, run.driver.tags) for dev_id, run in devices.items()),
             *((lp.id, loop_tags(units[lp.pv], units[lp.output])) for lp in cfg.loops),
             *((room_stream(room.id), (RoomTag(),)) for room in rooms),
+            (SYSTEM, SYSTEM_TAGS),
         ]
     )
 
@@ -207,12 +216,10 @@ class Daemon:
         self._loop_tasks: dict[int, asyncio.Task[None]] = {}
         self._loop_stops: dict[int, asyncio.Event] = {}
 
-    def _alarm_service(self, cfg: SiteConfig) -> AlarmService | None:
-        """The configured alarms and the cleanroom's, or None when there are none."""
-        alarms = [*cfg.alarms, *cleanroom_alarms(cfg.cleanroom)]
+    def _alarm_service(self, cfg: SiteConfig) -> AlarmService:
+        """The built-in alarms on the daemon's own health, the configured ones, the rooms'."""
+        alarms = [*BUILT_IN, *cfg.alarms, *cleanroom_alarms(cfg.cleanroom)]
         rooms = {room.id: room.state for room in cfg.cleanroom.rooms} if cfg.cleanroom else {}
-        if not alarms and not rooms:
-            return None
         return AlarmService(
             alarms,
             self.store,
@@ -231,7 +238,7 @@ class Daemon:
     def _alarm_event(self, event: AlarmEvent) -> None:
         body = cast("dict[str, JSON]", {k: v for k, v in event.as_dict().items() if k != "ts"})
         self.journal.record_event(Event(event.t_ns, "alarm", event.alarm, body))
-        if self.archive is not None and self.alarms is not None:
+        if self.archive is not None:
             cfg = self.alarms.engine.table.configs[self.alarms.engine.index(event.alarm)]
             stream = cfg.tag.rsplit(".", 1)[0]
             batch = self.hub.batches.get(stream.split(".", 1)[0])
@@ -257,6 +264,26 @@ class Daemon:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def _record_self(self, stop: asyncio.Event, period_s: float = 2.0) -> None:
+        """The daemon's own health as the `cellfab` stream, so it is recorded and alarmed."""
+        sp = self.journal
+        while not stop.is_set():
+            t_ns = utc_now_ns()
+            lags = [getattr(s, "lag", 0) for s in self.sinks.values()]
+            values = (
+                sp.usage_fraction,
+                float(sp.buffered),
+                float(max(lags, default=0)),
+                float(len(self.liveness.overdue())),
+            )
+            samples = tuple(
+                Sample.good(t.tag, v, t.unit, t_ns)
+                for t, v in zip(SYSTEM_TAGS, values, strict=True)
+            )
+            self.hub.publish(Scan(SYSTEM, t_ns, samples))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period_s)
 
     async def _alarm_health(self, service: AlarmService, stop: asyncio.Event) -> None:
         """ISA-18.2 / EEMUA 191 health: retained on `<prefix>/alarm_health`, and an event."""
@@ -338,10 +365,10 @@ class Daemon:
                 if self.archive is not None:
                     stack.callback(_close_archive, self.archive)
                     tg.create_task(self._archive_commits(self.archive, stop), name="archive")
-                if self.alarms is not None:
-                    period = self.cfg.alarm_engine.period_s
-                    tg.create_task(self.alarms.run(stop, period), name="alarms")
-                    tg.create_task(self._alarm_health(self.alarms, stop), name="alarm-health")
+                period = self.cfg.alarm_engine.period_s
+                tg.create_task(self._record_self(stop), name="self")
+                tg.create_task(self.alarms.run(stop, period), name="alarms")
+                tg.create_task(self._alarm_health(self.alarms, stop), name="alarm-health")
                 tg.create_task(self._announce_ready(), name="ready")
                 tg.create_task(self._reloads(stop), name="reload")
                 mqtt = self.sinks.get("mqtt")
@@ -498,8 +525,7 @@ class Daemon:
         # 3. one synchronous switch: store, devices, config; then the new tasks start
         store.carry_from(self.store)
         self.hub.store = store
-        if self.alarms is not None:
-            self.alarms.rebind(store)
+        self.alarms.rebind(store)
         self.devices = new_runs
         self.cfg = new
         for sink in self.sinks.values():

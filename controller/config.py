@@ -153,6 +153,8 @@ class SiteConfig(Frozen):
     def _unique_ids(self) -> SiteConfig:
         seen: set[str] = set()
         for dev in self.devices:
+            if dev.id == "cellfab":
+                raise ValueError("device id 'cellfab' is reserved for the daemon's own stream")
             if dev.id in seen:
                 raise ValueError(f"duplicate device id {dev.id!r}")
             seen.add(dev.id)
@@ -211,6 +213,7 @@ class SiteConfig(Frozen):
             out[loop.id] = (LOOP_CLASS, out[loop.device][1] if loop.device in out else "")
         for room in self.cleanroom.rooms if self.cleanroom else ():
             out[f"room.{room.id}"] = (ROOM_CLASS, room.id)
+        out["cellfab"] = ("cellfab", "daemon")  # the daemon's own health (alarm_service.SYSTEM)
         return out
 
     @property

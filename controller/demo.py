@@ -54,6 +54,7 @@ async def run_demo(stop: asyncio.Event, *, view: bool, duration_s: float | None)
             daemon = Daemon(cfg)
 
             async def live(stop: asyncio.Event) -> None:
-                await run_view(daemon.store, stop, f"cellfab demo — {cfg.site.name}")
+                title = f"cellfab demo — {cfg.site.name}"
+                await run_view(daemon.store, stop, title, alarms=daemon.alarms.attention)
 
             await daemon.run(stop, extra=live if view else None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Callable
 
 from rich.columns import Columns
 from rich.console import Console, Group, RenderableType
@@ -23,14 +24,28 @@ from drivers.sample import Quality, utc_now_ns
 STYLE = {Quality.GOOD: "green", Quality.UNCERTAIN: "yellow", Quality.BAD: "red"}
 
 
-def render(store: TagStore, title: str) -> RenderableType:
-    """Every tag's latest state, one table per device."""
+AlarmRows = Callable[[], list[tuple[str, str, str, str]]]
+PRIORITY_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan"}
+
+
+def render(store: TagStore, title: str, alarms: AlarmRows | None = None) -> RenderableType:
+    """Alarms that need attention first, then every tag's latest state, a table per device."""
     now = utc_now_ns()
     tables = [
         _device_table(device, list(rows), now)
         for device, rows in itertools.groupby(store.rows(), key=lambda r: r.device)
     ]
-    return Group(Text(title, style="bold"), Columns(tables, padding=(0, 1)))
+    parts: list[RenderableType] = [Text(title, style="bold")]
+    rows = alarms() if alarms is not None else []
+    if rows:
+        table = Table(title="alarms", title_justify="left", show_edge=False, pad_edge=False)
+        for col in ("alarm", "state", "priority", "message"):
+            table.add_column(col)
+        for alarm, state, priority, message in rows:
+            style = PRIORITY_STYLE.get(priority, "")
+            table.add_row(alarm, state, f"[{style}]{priority}[/]", message[:70])
+        parts.append(table)
+    return Group(*parts, Columns(tables, padding=(0, 1)))
 
 
 def _device_table(device: str, rows: list[TagRow], now_ns: int) -> Table:
@@ -51,24 +66,30 @@ def _device_table(device: str, rows: list[TagRow], now_ns: int) -> Table:
 
 
 async def run_view(
-    store: TagStore, stop: asyncio.Event, title: str, console: Console | None = None
+    store: TagStore,
+    stop: asyncio.Event,
+    title: str,
+    console: Console | None = None,
+    alarms: AlarmRows | None = None,
 ) -> None:
     """Refresh the view until `stop` is set; a final snapshot is printed at the end."""
     console = console or Console()
     if not console.is_terminal:
-        await _plain(store, stop, title, console)
+        await _plain(store, stop, title, console, alarms)
         return
-    with Live(render(store, title), console=console, refresh_per_second=4) as live:
+    with Live(render(store, title, alarms), console=console, refresh_per_second=4) as live:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
                     await stop.wait()
-            live.update(render(store, title))
+            live.update(render(store, title, alarms))
 
 
-async def _plain(store: TagStore, stop: asyncio.Event, title: str, console: Console) -> None:
+async def _plain(
+    store: TagStore, stop: asyncio.Event, title: str, console: Console, alarms: AlarmRows | None
+) -> None:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5.0):
                 await stop.wait()
-        console.print(render(store, title))
+        console.print(render(store, title, alarms))
