@@ -26,6 +26,7 @@ Verb = Literal[
     "batch/start",
     "batch/end",
     "ack",
+    "reset",
     "shelve",
     "unshelve",
     "out_of_service",

@@ -20,7 +20,7 @@ ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # a device or a room
 BATCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}$")  # a lot id, never a name
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.,:/()+-]{0,63}$")
 
-ALARM_VERBS = ("ack", "shelve", "unshelve", "out_of_service", "in_service")
+ALARM_VERBS = ("ack", "reset", "shelve", "unshelve", "out_of_service", "in_service")
 VERB_FIELDS: dict[str, tuple[str, ...]] = {
     "setpoint": ("loop", "value"),
     "mode": ("loop", "mode"),  # + manual_output when mode is manual
