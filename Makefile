@@ -6,8 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the integration tests start as real peers (never mocked).
-SYSTEM_PACKAGES := mosquitto mosquitto-clients victoria-metrics mbpoll
-SYSTEM_BINARIES := mosquitto mosquitto_sub victoria-metrics mbpoll
+SYSTEM_PACKAGES := mosquitto mosquitto-clients victoria-metrics mbpoll systemd
+SYSTEM_BINARIES := mosquitto mosquitto_sub victoria-metrics mbpoll systemd-analyze
 # An independent OPC UA server (node-opcua, from the npm registry) for the interop test.
 NODE_PEER := tests/opcua_peer
 

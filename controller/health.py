@@ -59,7 +59,7 @@ def snapshot(daemon: Daemon, now_ns: int) -> dict[str, Any]:
         "ts": iso_utc(now_ns),
         "site": daemon.cfg.site.id,
         "config": daemon.hub.config_id,
-        "journal": {"last_seq": daemon.journal.last_seq, "dropped": daemon.journal.dropped},
+        "spool": _spool_health(daemon.journal),
         "devices": devices,
         "sinks": sinks,
         "loops": loops,
@@ -83,6 +83,20 @@ def snapshot(daemon: Daemon, now_ns: int) -> dict[str, Any]:
         },
         "stuck": daemon.liveness.overdue(),
     }
+
+
+def _spool_health(spool: object) -> dict[str, Any]:
+    """Sequence, budget use, what waits for a commit, and what the budget dropped."""
+    out: dict[str, Any] = {}
+    for key in ("last_seq", "dropped", "usage_fraction", "buffered", "failing"):
+        value = getattr(spool, key, None)
+        if value is not None:
+            out[key] = round(value, 4) if isinstance(value, float) else value
+    path = getattr(spool, "path", None)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            out["file_bytes"] = path.stat().st_size
+    return out
 
 
 def _sink_health(sink: object) -> dict[str, Any]:

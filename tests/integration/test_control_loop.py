@@ -462,4 +462,6 @@ async def test_health_is_retained_on_mqtt(shared_floor: Floor) -> None:
     assert doc["loops"]["br-1.temp"]["write_error"] is None
     assert "lag" in doc["sinks"]["mqtt"]
     assert doc["stuck"] == []
+    assert 0.0 <= doc["spool"]["usage_fraction"] < 0.8
+    assert doc["spool"]["file_bytes"] > 0
     assert doc["devices"]["br-1"]["last_good"].endswith("Z")
