@@ -25,7 +25,15 @@ from controller.app import ConfigSource, Daemon
 from controller.cmd_client import new_nonce, send_to_broker, sign_request
 from controller.config import SiteConfig
 from controller.configload import load_site_text
-from tests.servers import HOST, Mosquitto, MqttCollector, Received, free_port, require_binary
+from tests.servers import (
+    HOST,
+    Mosquitto,
+    MqttCollector,
+    Received,
+    VictoriaMetrics,
+    free_port,
+    require_binary,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +44,10 @@ id = "{site}"
 dir = "{state}"
 [mqtt]
 url = "{mqtt}"
+[influx]
+url = "{influx}"
+token = "test-token"
+flush_interval_s = 0.2
 [alarm_engine]
 period_s = 0.2
 
@@ -156,6 +168,7 @@ class Floor:
     daemon: Daemon
     broker: Mosquitto
     key: bytes
+    tsdb: VictoriaMetrics
 
     @property
     def prefix(self) -> str:
@@ -169,19 +182,27 @@ class Floor:
 
 
 @pytest.fixture(scope="module")
+def tsdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
+    binary = require_binary("victoria-metrics")
+    with VictoriaMetrics(binary, tmp_path_factory.mktemp("vm")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     with Mosquitto(require_binary("mosquitto"), tmp_path_factory.mktemp("mosq")) as server:
         yield server
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def floor(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Floor]:
+async def floor(tmp_path: Path, broker: Mosquitto, tsdb: VictoriaMetrics) -> AsyncIterator[Floor]:
     from simulators.runner import serve_devices
 
     text = SITE.format(
         site=f"alarm-{free_port()}",
         state=tmp_path / "state",
         mqtt=broker.url,
+        influx=tsdb.url,
         link=tmp_path / "rs485",
         pc_port=free_port(),
     )
@@ -199,7 +220,7 @@ async def floor(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Floor]:
         try:
             async with asyncio.timeout(30):
                 await daemon.ready.wait()
-            yield Floor(cfg, daemon, broker, keys["olga"].secret)
+            yield Floor(cfg, daemon, broker, keys["olga"].secret, tsdb)
         finally:
             stop.set()
             await asyncio.wait_for(task, 30)
@@ -325,3 +346,21 @@ async def test_room_state_switches_the_limit_set(floor: Floor) -> None:
         )
     with contextlib.suppress(Exception):
         await floor.command("room_state", {"room": "cab-a", "state": "in_operation"}, "back")
+
+
+async def test_alarm_transitions_are_events_in_the_tsdb(floor: Floor) -> None:
+    """Every transition is a point of `alarm_events`, tagged with the alarm and its new state."""
+    async with MqttCollector(HOST, floor.broker.port, f"{floor.prefix}/events/alarm") as seen:
+        ev = await seen.wait_for(
+            lambda m: m.json()["key"] == GRADE_A_5UM and m.json()["to"] == "unacknowledged",
+            timeout_s=30,
+        )
+    selector = (
+        f'{{__name__="alarm_events_value",site="{floor.cfg.site.id}",'
+        f'key="{GRADE_A_5UM}",to="unacknowledged"}}'
+    )
+    rows = await asyncio.to_thread(floor.tsdb.wait_export, selector, bool, 30.0)
+    (series,) = rows
+    assert series["metric"]["priority"] == "critical"
+    assert series["metric"]["cause"] == "alarm"
+    assert ev.json()["ts_ns"] // 1_000_000 in series["timestamps"]
