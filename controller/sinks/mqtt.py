@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from controller.command_service import CommandService
 from controller.config import SiteConfig
@@ -242,7 +244,8 @@ class MqttSink:
             identifier=mq.client_id or f"cellfab-{self._cfg.site.id}",
             protocol=aiomqtt.ProtocolVersion.V5,
             will=aiomqtt.Will(self._status_topic, lost, qos=1, retain=True),
-            clean_start=True,
+            clean_start=mq.session_expiry_s == 0,
+            properties=self._connect_properties(),
             keepalive=mq.keepalive_s,
             timeout=mq.publish_timeout_s,
             tls_context=self._tls,
@@ -250,6 +253,17 @@ class MqttSink:
         )
         client.pending_calls_threshold = self._window + 10  # a full window is normal
         return client
+
+    def _connect_properties(self) -> Properties | None:
+        """A persistent session: the broker keeps our subscriptions (commands, QoS 1) for
+        `session_expiry_s` across a reconnect. Outgoing data never rely on it: the spool
+        cursor re-sends what the broker did not acknowledge."""
+        expiry = self._cfg.mqtt.session_expiry_s
+        if expiry == 0:
+            return None
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = expiry
+        return props
 
     async def _session(self) -> None:
         """One connection: status online, forward telemetry, then offline once drained."""
