@@ -198,7 +198,10 @@ class Daemon:
         self.sinks: dict[str, Sink] = {}
         if cfg.influx.url:
             self.sinks["influx"] = InfluxSink(
-                cfg, self.journal.cursor("influx"), liveness=self.liveness
+                cfg,
+                self.journal.cursor("influx"),
+                liveness=self.liveness,
+                on_outage=self.journal.record_gap,
             )
         if cfg.mqtt.url:
             self.sinks["mqtt"] = MqttSink(
@@ -207,6 +210,7 @@ class Daemon:
                 cellfab_version(),
                 commands=self.commands,
                 liveness=self.liveness,
+                on_outage=self.journal.record_gap,
             )
         self.ready = asyncio.Event()
         self.reloaded = asyncio.Event()  # set after each reload attempt (tests await it)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import aiohttp
@@ -25,6 +26,8 @@ from influxdb_client.domain.write_precision import WritePrecision
 from controller.config import SiteConfig
 from controller.lineproto import LineFormatter, event_line, gap_lines
 from controller.sinks.drain import DrainDeadline
+from controller.sinks.outage import Outage
+from controller.spool_budget import Gap
 from controller.stream import StreamCursor as Cursor
 from controller.watchdog import Heart, Liveness
 from drivers.backoff import Backoff
@@ -60,8 +63,10 @@ class InfluxSink:
         drain_timeout_s: float = 10.0,
         rng: random.Random | None = None,
         liveness: Liveness | None = None,
+        on_outage: Callable[[Gap], None] | None = None,
     ) -> None:
         self._heart = Heart(liveness, "sink:influx")
+        self._outage = Outage("InfluxDB", tuple(d.id for d in cfg.devices), on_outage)
         if cfg.influx.url is None:
             raise ValueError("influx.url is not set: the InfluxDB sink is off")
         self._cfg = cfg.influx
@@ -185,6 +190,7 @@ class InfluxSink:
             )
 
     def _written(self, batch: list[tuple[int, Scan]], n_lines: int) -> None:
+        self._outage.delivered()
         self._cursor.ack(batch[-1][0])
         self.stats.lines_written += n_lines
         self.stats.batches_written += 1
@@ -195,6 +201,7 @@ class InfluxSink:
         """Count a retryable failure, log it on transition; returns the wait before retrying."""
         self.stats.failures += 1
         self.stats.last_error = reason
+        self._outage.failed(reason)
         if 400 <= status < 500 and status != 429 and not self._link.failing(self._url):
             log.error(
                 "InfluxDB refuses writes (%s): check influx.url/token/org/bucket; "

@@ -16,6 +16,7 @@ import math
 import random
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit
@@ -27,6 +28,8 @@ from paho.mqtt.properties import Properties
 from controller.command_service import CommandService
 from controller.config import SiteConfig
 from controller.sinks.drain import DrainDeadline
+from controller.sinks.outage import Outage
+from controller.spool_budget import Gap
 from controller.stream import StreamCursor as Cursor
 from controller.watchdog import Heart, Liveness
 from drivers.backoff import Backoff
@@ -156,8 +159,10 @@ class MqttSink:
         rng: random.Random | None = None,
         commands: CommandService | None = None,
         liveness: Liveness | None = None,
+        on_outage: Callable[[Gap], None] | None = None,
     ) -> None:
         self._heart = Heart(liveness, "sink:mqtt")
+        self._outage = Outage("MQTT broker", tuple(d.id for d in cfg.devices), on_outage)
         self._states: dict[str, bytes] = {}  # topic -> latest retained state to publish
         self._states_changed = asyncio.Event()
         self._cfg = cfg
@@ -376,6 +381,7 @@ class MqttSink:
         self.stats.status_published += 1
 
     def _connected(self) -> None:
+        self._outage.delivered()
         self.stats.connected = True
         self.stats.connects += 1
         self._backoff.succeeded()
@@ -393,6 +399,7 @@ class MqttSink:
             self.stats.connect_failures += 1
         self.stats.connected = False
         self.stats.last_error = reason
+        self._outage.failed(reason)
         self._link.fail(self._where, reason)
 
 
