@@ -89,6 +89,9 @@ class InfluxSection(Frozen):
     timeout_s: float = Field(default=5.0, gt=0.0, le=120.0)
     retry_min_s: float = Field(default=0.5, gt=0.0)
     retry_max_s: float = Field(default=30.0, gt=0.0)
+    backlog_max_lines_per_s: int = Field(
+        default=20_000, ge=100, description="drain rate after an outage (live data go first)"
+    )
 
     @field_validator("url")
     @classmethod

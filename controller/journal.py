@@ -172,6 +172,10 @@ class Cursor:
         """Up to `limit` pending scans, oldest first (the same ones until acked)."""
         return self._journal.items_after(self.acked, limit)
 
+    def peek_after(self, seq: int, limit: int) -> list[tuple[int, Scan]]:
+        """Up to `limit` pending scans after `seq` (the live end during a backlog); no ack."""
+        return self._journal.items_after(max(seq, self.acked), limit)
+
     def ack(self, seq: int) -> None:
         """Everything up to and including `seq` is delivered."""
         if seq > self.acked:

@@ -620,6 +620,10 @@ class SpoolCursor:
         """Up to `limit` pending scans, oldest first (the same ones until acked)."""
         return self._spool.items_after(self.acked, limit)
 
+    def peek_after(self, seq: int, limit: int) -> list[tuple[int, Scan]]:
+        """Up to `limit` pending scans after `seq` (the live end during a backlog); no ack."""
+        return self._spool.items_after(max(seq, self.acked), limit)
+
     def ack(self, seq: int) -> None:
         """Everything up to and including `seq` is delivered (persisted with the next commit)."""
         if seq > self.acked:

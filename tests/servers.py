@@ -316,6 +316,10 @@ class VictoriaMetrics(_Server):
             f"-httpListenAddr={HOST}:{self.port}",
             "-search.latencyOffset=0s",
             "-loggerLevel=ERROR",
+            # InfluxDB keys a point by series + timestamp, so writing it twice (a retry after
+            # a crash, a scan written ahead of a backlog) overwrites; VictoriaMetrics keeps
+            # both unless it deduplicates: this makes the stand-in behave like the real thing
+            "-dedup.minScrapeInterval=1ms",
         ]
 
     def ready(self) -> bool:

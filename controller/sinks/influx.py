@@ -45,6 +45,7 @@ class InfluxStats:
     """Counters for health reporting; `lag` lives on the sink (it is the cursor's)."""
 
     lines_written: int = 0
+    live_lines_written: int = 0  # written ahead of a backlog, written again in order later
     batches_written: int = 0
     failures: int = 0
     rejected_batches: int = 0
@@ -66,6 +67,7 @@ class InfluxSink:
         on_outage: Callable[[Gap], None] | None = None,
     ) -> None:
         self._heart = Heart(liveness, "sink:influx")
+        self._live_seq = 0  # newest scan written ahead of the backlog (not acked)
         self._outage = Outage("InfluxDB", tuple(d.id for d in cfg.devices), on_outage)
         if cfg.influx.url is None:
             raise ValueError("influx.url is not set: the InfluxDB sink is off")
@@ -114,6 +116,9 @@ class InfluxSink:
                     await self._deliver_events(api)
                 if not self._cursor.lag:  # woken for gaps or events only
                     continue
+                backlog = self._cursor.lag > self._limit
+                if backlog:  # after an outage: the newest scans first, then the next old batch
+                    await self._deliver_live(api)
                 if self._drain.expired() or not await self._deliver(api):
                     log.error(
                         "InfluxDB: giving up at shutdown: %d scans not written to %s",
@@ -121,6 +126,29 @@ class InfluxSink:
                         self._url,
                     )
                     return
+                if backlog:  # drain at a bounded rate: live data keep their place
+                    await self._drain.pause(self._limit / self._cfg.backlog_max_lines_per_s)
+
+    async def _deliver_live(self, api: WriteApiAsync) -> None:
+        """During a backlog, write the scans newer than any written so far, without acking.
+
+        They are written again, in order, when the backlog reaches them: InfluxDB keys a
+        point by series and timestamp, so the second write overwrites the first (no
+        duplicate). A failure is left to the backlog path's retry and backoff.
+        """
+        head = self._cursor.acked + self._cursor.lag
+        start = max(self._live_seq, head - self._limit)
+        live = self._cursor.peek_after(start, self._limit)
+        if not live:
+            return
+        lines = self._formatter.lines(scan for _, scan in live)
+        try:
+            if lines:
+                await self._post(api, "\n".join(lines))
+        except (InfluxDBError, aiohttp.ClientError, OSError, TimeoutError):
+            return
+        self._live_seq = live[-1][0]
+        self.stats.live_lines_written += len(lines)
 
     async def _deliver_events(self, api: WriteApiAsync) -> None:
         """Events (alarm transitions, audit records) as lines; on failure, next round."""
