@@ -116,7 +116,7 @@ class InfluxSink:
                     await self._deliver_events(api)
                 if not self._cursor.lag:  # woken for gaps or events only
                     continue
-                backlog = self._cursor.lag > self._limit
+                backlog = self._cursor.lag > self._cfg.batch_max_lines  # more than a batch
                 if backlog:  # after an outage: the newest scans first, then the next old batch
                     await self._deliver_live(api)
                 if self._drain.expired() or not await self._deliver(api):

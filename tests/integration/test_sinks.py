@@ -508,3 +508,28 @@ def test_endpoint_takes_credentials_from_the_url_first() -> None:
         site("ep", mqtt={"url": "mqtts://b", "username": "u", "password": "p"})
     )
     assert (ep.port, ep.tls, ep.username, ep.password) == (8883, True, "u", "p")
+
+
+async def test_influx_writes_the_live_end_ahead_of_a_backlog() -> None:
+    """After an outage the newest scans are written first; then the backlog drains in order
+    (each of those written again, which InfluxDB, keying by series + timestamp, overwrites)."""
+    async with FakeInflux(lambda _n, _body: (204, {})) as fake:
+        influx = {"url": fake.url, **FAST_INFLUX, "batch_max_lines": 100}
+        influx["backlog_max_lines_per_s"] = 1_000_000
+        cfg = site("live1", influx=influx)
+        journal = Journal(1000)
+        sink = InfluxSink(cfg, journal.cursor("influx"))
+        t0 = utc_now_ns()
+        scans = [make_scan(i, t0) for i in range(350)]  # an outage's worth: 3.5 batches
+        for s in scans:
+            journal.append(s)
+        journal.close()
+        await asyncio.wait_for(sink.run(), 20)
+    times = [int(line.rsplit(" ", 1)[1]) for line in fake.accepted]
+    newest = [s.t_scan_ns for s in scans[-100:]]
+    assert times[:100] == newest  # the first write is the live end
+    assert set(times) == {s.t_scan_ns for s in scans}  # every scan written
+    in_order = times[100:]
+    assert sorted(set(in_order)) == [s.t_scan_ns for s in scans]  # the backlog, all of it
+    assert sink.lag == 0
+    assert sink.stats.live_lines_written >= 100
