@@ -37,6 +37,7 @@ from controller.batches import BatchRegistry
 from controller.command_service import audit_event
 from controller.config import SiteConfig
 from controller.control_plane import ControlPlane, has_controls
+from controller.device_gaps import DeviceGaps
 from controller.health import payload as health_payload
 from controller.health import publish_health
 from controller.hub import Hub
@@ -201,7 +202,7 @@ class Daemon:
                 cfg,
                 self.journal.cursor("influx"),
                 liveness=self.liveness,
-                on_outage=self.journal.record_gap,
+                on_outage=self._record_gap,
             )
         if cfg.mqtt.url:
             self.sinks["mqtt"] = MqttSink(
@@ -210,7 +211,7 @@ class Daemon:
                 cellfab_version(),
                 commands=self.commands,
                 liveness=self.liveness,
-                on_outage=self.journal.record_gap,
+                on_outage=self._record_gap,
             )
         self.ready = asyncio.Event()
         self.reloaded = asyncio.Event()  # set after each reload attempt (tests await it)
@@ -270,10 +271,13 @@ class Daemon:
                 await asyncio.wait_for(stop.wait(), 1.0)
 
     async def _record_self(self, stop: asyncio.Event, period_s: float = 2.0) -> None:
-        """The daemon's own health as the `cellfab` stream, so it is recorded and alarmed."""
+        """The daemon's own health as the `cellfab` stream, so it is recorded and alarmed;
+        and devices that give no good reading at all, as gaps."""
         sp = self.journal
+        gaps = DeviceGaps(self.devices, self._record_gap)
         while not stop.is_set():
             t_ns = utc_now_ns()
+            gaps.check(self.store, t_ns)
             lags = [getattr(s, "lag", 0) for s in self.sinks.values()]
             values = (
                 sp.usage_fraction,
@@ -288,6 +292,18 @@ class Daemon:
             self.hub.publish(Scan(SYSTEM, t_ns, samples))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), period_s)
+        gaps.close_all(utc_now_ns())
+
+    def _record_gap(self, gap: Gap) -> None:
+        """A gap onto the stream (InfluxDB, MQTT) and into the batch record of its devices."""
+        self.journal.record_gap(gap)
+        if self.archive is None:
+            return
+        for device in gap.devices:
+            batch = self.hub.batches.get(device)
+            if batch is not None:
+                body = {"start_ns": gap.start_ns, "end_ns": gap.end_ns, "cause": gap.cause}
+                self.archive.record_event(batch, gap.end_ns, "gap", device, body)
 
     async def _alarm_health(self, service: AlarmService, stop: asyncio.Event) -> None:
         """ISA-18.2 / EEMUA 191 health: retained on `<prefix>/alarm_health`, and an event."""
@@ -400,7 +416,7 @@ class Daemon:
         if since is not None:
             now = utc_now_ns()
             devices = tuple(self.devices)
-            self.journal.record_gap(Gap(since, now, "daemon down", devices))
+            self._record_gap(Gap(since, now, "daemon down", devices))
             log.warning("data gap: daemon was down for %.1f s", (now - since) / 1e9)
 
     def _device(self, cfg: AnyDeviceConfig) -> DeviceRun:

@@ -72,6 +72,10 @@ class TagStore:
         self.t_stored_s[sl] = time.monotonic()
         self.reasons[sl] = reasons
 
+    def device_slice(self, device: str) -> slice | None:
+        """The columns of one device (or stream), None if the store does not hold it."""
+        return self._slices.get(device)
+
     def carry_from(self, old: TagStore) -> None:
         """Take over the latest state of every tag both stores have (a config reload)."""
         pairs = [(i, old.index[key]) for i, key in enumerate(self.keys) if key in old.index]

@@ -466,3 +466,18 @@ async def test_health_is_retained_on_mqtt(shared_floor: Floor) -> None:
     assert 0.0 <= doc["spool"]["usage_fraction"] < 0.8
     assert doc["spool"]["file_bytes"] > 0
     assert doc["devices"]["br-1"]["last_good"].endswith("Z")
+
+
+async def test_an_unreachable_device_is_recorded_as_a_gap(floor: Floor) -> None:
+    """The bioreactor's server goes away and comes back: one gap record on events/gap."""
+    sim = floor.sim.sims["br-1"]
+    async with MqttCollector(HOST, floor.broker.port, f"{floor.prefix}/events/gap") as gaps:
+        await sim.inject("disconnect", True)  # type: ignore[attr-defined]
+        await until(floor, lambda: floor.value("br-1.temp", "mode") >= 2.0, 30, "the loop holding")
+        await sim.inject("disconnect", False)  # type: ignore[attr-defined]
+        gap = await gaps.wait_for(
+            lambda m: m.json()["cause"].startswith("device unreachable"), timeout_s=60
+        )
+    doc = gap.json()
+    assert doc["devices"] == ["br-1"]
+    assert doc["duration_s"] > 0
