@@ -89,6 +89,10 @@ async def run_ours(cfg: SiteConfig, seconds: float) -> tuple[float, int, list[fl
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))
     await daemon.ready.wait()
+    # Ready comes right after the first scans: start the window mid-period, as the other
+    # cases do, so that it holds whole scans only (a window ending inside the 100 scans of
+    # a tick counted their CPU but not their samples: ±10 % between rounds).
+    await asyncio.sleep(0.5)
     for poller in daemon.pollers:
         poller.stats.lateness_s.clear()
     scans0, cpu0 = daemon.hub.scans, cpu_now()

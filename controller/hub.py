@@ -86,4 +86,5 @@ class Hub:
         batch = self.batches.get(scan.device.split(".", 1)[0]) if self.batches else None
         if batch is None and self.config_id is None:
             return scan
-        return scan._replace(batch=batch, config=self.config_id)
+        # The constructor, not `_replace`: a Python-level rebuild cost ~2 µs on every scan.
+        return Scan(scan.device, scan.t_scan_ns, scan.samples, scan.backfill, batch, self.config_id)

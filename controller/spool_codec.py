@@ -18,6 +18,7 @@ from __future__ import annotations
 import struct
 from array import array
 from itertools import repeat
+from operator import mul, ne, or_
 from typing import NamedTuple
 
 from drivers.sample import Quality, Sample, Scan
@@ -117,10 +118,8 @@ def _encode_own_times(
     The same bytes as `_encode_general`, from the transposed columns: a scan of several
     reads is the common case, and the general per-sample loop cost ~3x as much.
     """
-    flags = bytes(
-        q | (_HAS_VALUE if t == t_common else _HAS_VALUE | _OWN_T_RECEIVE)
-        for q, t in zip(qualities, t_receive, strict=True)
-    )
+    own_bit = map(mul, map(ne, t_receive, repeat(t_common)), repeat(_OWN_T_RECEIVE))
+    flags = bytes(map(or_, qualities, map(or_, own_bit, repeat(_HAS_VALUE))))  # C loops
     own = [t for t in t_receive if t != t_common]
     head = _HEADER.pack(VERSION, backfill, len(qualities), t_common)
     return b"".join((head, flags, array("d", values).tobytes(), struct.pack(f"<{len(own)}q", *own)))

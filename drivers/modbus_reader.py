@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
+from operator import itemgetter
 from typing import cast
 
 from pymodbus import ModbusException
@@ -112,6 +113,7 @@ def decode_request(req: ReadRequest, registers: Sequence[int], t_ns: int) -> lis
 
 
 _new = tuple.__new__
+_REASON = itemgetter(5)  # Sample.reason, read by a C loop
 
 
 def failed_request(req: ReadRequest, reason: str, t_ns: int) -> list[Sample]:
@@ -231,7 +233,7 @@ class MapScanner:
         """Every tag, in map order; the link failure that ended the scan early, if any."""
         samples, down = await read_plan(client, self.plan, timeout_s)
         ordered = self._layout.assemble(samples)
-        if down is None and (self._tags.any_failing or any(s.reason for s in ordered)):
+        if down is None and (self._tags.any_failing or any(map(_REASON, ordered))):
             for sample in ordered:
                 if sample.reason is None:
                     self._tags.ok(sample.tag)
