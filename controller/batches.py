@@ -17,19 +17,16 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from controller.command_actions import Refusal
+
 BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}$")
 TEXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.,:/()+-]{0,63}$")
 RUNNING = "batches.json"
 HISTORY = "batches.jsonl"
 
 
-class BatchRefused(Exception):
+class BatchRefused(Refusal):
     """A start or end that cannot be done; `code` and a message a person understands."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

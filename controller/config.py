@@ -55,6 +55,9 @@ class MqttSection(Frozen):
     reconnect_min_s: float = Field(default=0.5, gt=0.0)
     reconnect_max_s: float = Field(default=30.0, gt=0.0)
     health_period_s: float = Field(default=10.0, ge=1.0, le=3600.0, description="<prefix>/health")
+    backlog_max_msgs_per_s: int = Field(
+        default=2000, ge=10, description="drain rate after an outage (live data go first)"
+    )
     session_expiry_s: int = Field(
         default=3600, ge=0, le=7 * 86400, description="persistent session; 0: clean each time"
     )

@@ -164,6 +164,8 @@ class MqttSink:
         self._heart = Heart(liveness, "sink:mqtt")
         self._outage = Outage("MQTT broker", tuple(d.id for d in cfg.devices), on_outage)
         self._states: dict[str, bytes] = {}  # topic -> latest retained state to publish
+        self._live_sent: set[int] = set()  # published ahead of a backlog, not yet acked
+        self._live_seq = 0
         self._states_changed = asyncio.Event()
         self._cfg = cfg
         self._commands = commands
@@ -325,17 +327,40 @@ class MqttSink:
             if self._drain.expired():
                 log.error("MQTT: drain deadline passed: %d scans not published", self.lag)
                 return False
+            backlog = self._cursor.lag > self._window
+            if backlog:  # after an outage: the newest scans first, then the backlog in order
+                live = self._live_window()
+                await self._publish(client, live, qos, timeout_s)
+                if live:  # only once every PUBACK is in: else the backlog pass sends them
+                    self._live_seq = live[-1][0]
+                    self._live_sent.update(seq for seq, _ in live)
             batch = self._cursor.peek(self._window)
             if not batch:  # woken for gaps or events only
                 continue
-            async with asyncio.TaskGroup() as tg:
-                for seq, scan in batch:
-                    topic = f"{self._prefix}/telemetry/{scan.device}"
-                    payload = self._payload(seq, scan)
-                    tg.create_task(client.publish(topic, payload, qos=qos, timeout=timeout_s))
+            fresh = [(seq, scan) for seq, scan in batch if seq not in self._live_sent]
+            self._live_sent.difference_update(seq for seq, _ in batch)
+            await self._publish(client, fresh, qos, timeout_s)
             self._cursor.ack(batch[-1][0])  # every publish of the window got its PUBACK
-            self.stats.telemetry_published += len(batch)
+            if backlog:  # drain at a bounded rate: live data keep their place
+                await self._drain.pause(len(batch) / self._cfg.mqtt.backlog_max_msgs_per_s)
         return True
+
+    def _live_window(self) -> list[tuple[int, Scan]]:
+        """The newest scans not yet published ahead of the backlog (not acked: the backlog
+        pass acks them in order and does not publish them again)."""
+        head = self._cursor.acked + self._cursor.lag
+        return self._cursor.peek_after(max(self._live_seq, head - self._window), self._window)
+
+    async def _publish(
+        self, client: aiomqtt.Client, scans: list[tuple[int, Scan]], qos: int, timeout_s: float
+    ) -> None:
+        """Telemetry for `scans`, concurrently; returns once every PUBACK is in."""
+        async with asyncio.TaskGroup() as tg:
+            for seq, scan in scans:
+                topic = f"{self._prefix}/telemetry/{scan.device}"
+                payload = self._payload(seq, scan)
+                tg.create_task(client.publish(topic, payload, qos=qos, timeout=timeout_s))
+        self.stats.telemetry_published += len(scans)
 
     async def _publish_events(self, client: aiomqtt.Client) -> None:
         """Events on `<prefix>/events/<kind>` (QoS 1), acked after their PUBACKs, in order."""

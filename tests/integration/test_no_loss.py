@@ -278,6 +278,14 @@ async def test_spool_budget_drops_oldest_non_gmp_scans_first_and_says_so(
             gap_msg = await mqtt.wait_for(lambda m: m.topic == f"{prefix}/events/gap", 60)
             after_gap = mqtt.messages.index(gap_msg)
             await daemon.wait_log(r"spool at \d+ % of its disk budget")  # the 80 % alarm
+            alarm = await mqtt.wait_for(  # the built-in ISA-18.2 alarm on the daemon's stream
+                lambda m: (
+                    m.topic == f"{prefix}/alarms/cellfab.spool_usage"
+                    and m.json()["state"] == "unacknowledged"
+                ),
+                timeout_s=30,
+            )
+            assert alarm.json()["priority"] == "high"
             await daemon.wait_log(r"over budget: dropped the oldest")
             health = await mqtt.wait_for(  # still alive and counting, after the drop
                 lambda m: m.topic == f"{prefix}/health" and m.json()["spool"]["dropped"] > 0,

@@ -533,3 +533,25 @@ async def test_influx_writes_the_live_end_ahead_of_a_backlog() -> None:
     assert sorted(set(in_order)) == [s.t_scan_ns for s in scans]  # the backlog, all of it
     assert sink.lag == 0
     assert sink.stats.live_lines_written >= 100
+
+
+async def test_mqtt_publishes_the_live_end_ahead_of_a_backlog(mosquitto: Mosquitto) -> None:
+    """After an outage the newest window goes first, then the backlog in order; each scan is
+    published once (the backlog pass skips what went ahead) and everything is acked."""
+    mqtt = {"url": mosquitto.url, **FAST, "backlog_max_msgs_per_s": 100_000}
+    cfg = site("livemq", mqtt=mqtt)
+    topic = "cellfab/livemq/telemetry/#"
+    async with MqttCollector(HOST, mosquitto.port, topic) as seen:
+        journal = Journal(1000)
+        sink = MqttSink(cfg, journal.cursor("mqtt"), "x", window=100)
+        t0 = utc_now_ns()
+        for i in range(350):  # the backlog an outage leaves: 3.5 windows
+            journal.append(make_scan(i, t0))
+        journal.close()
+        await asyncio.wait_for(sink.run(), 20)
+        got = await seen.wait_count(lambda m: True, 350, timeout_s=20)
+    seqs = [m.json()["seq"] for m in got]
+    assert sorted(seqs) == list(range(1, 351))  # every scan, once
+    assert set(seqs[:100]) == set(range(251, 351))  # the live end first
+    assert seqs[100:] == list(range(1, 251))  # then the backlog, in order
+    assert sink.lag == 0
