@@ -416,7 +416,7 @@ class Daemon:
         since = self.journal.previous_commit_ns
         if since is not None:
             now = utc_now_ns()
-            devices = tuple(self.devices)
+            devices = tuple(self.cfg.streams())  # every stream: devices, loops, rooms, cellfab
             self._record_gap(Gap(since, now, "daemon down", devices))
             log.warning("data gap: daemon was down for %.1f s", (now - since) / 1e9)
 

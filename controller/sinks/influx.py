@@ -68,7 +68,7 @@ class InfluxSink:
     ) -> None:
         self._heart = Heart(liveness, "sink:influx")
         self._live_seq = 0  # newest scan written ahead of the backlog (not acked)
-        self._outage = Outage("InfluxDB", tuple(d.id for d in cfg.devices), on_outage)
+        self._outage = Outage("InfluxDB", tuple(cfg.streams()), on_outage)
         if cfg.influx.url is None:
             raise ValueError("influx.url is not set: the InfluxDB sink is off")
         self._cfg = cfg.influx

@@ -162,7 +162,7 @@ class MqttSink:
         on_outage: Callable[[Gap], None] | None = None,
     ) -> None:
         self._heart = Heart(liveness, "sink:mqtt")
-        self._outage = Outage("MQTT broker", tuple(d.id for d in cfg.devices), on_outage)
+        self._outage = Outage("MQTT broker", tuple(cfg.streams()), on_outage)
         self._states: dict[str, bytes] = {}  # topic -> latest retained state to publish
         self._live_sent: set[int] = set()  # published ahead of a backlog, not yet acked
         self._live_seq = 0

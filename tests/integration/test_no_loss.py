@@ -48,6 +48,9 @@ from tests.servers import (
 
 pytestmark = pytest.mark.integration
 
+# every stream a gap covers: the devices and the daemon's own (`cellfab`)
+STREAMS = sorted([*DEVICES, "cellfab"])
+
 OUTAGE_NS = 30_000_000_000  # the outage length (scan time), not a limit on our code
 
 
@@ -120,7 +123,7 @@ async def test_vm_outage_of_30_s_loses_nothing_and_duplicates_nothing(
     # the outage itself is on record, as data delivered late (controller/sinks/outage.py)
     (late,) = gap_events(messages, prefix)
     assert late["cause"].startswith("InfluxDB unreachable, delivered late"), late
-    assert sorted(late["devices"]) == list(DEVICES)
+    assert sorted(late["devices"]) == STREAMS
     assert down_ns <= ns_of(late["start"]) and up_ns <= ns_of(late["end"]), (late, down_ns, up_ns)
 
 
@@ -182,7 +185,7 @@ async def test_sigkill_and_restart_stores_every_published_reading_and_records_th
 
     last_before = max(s["ts_ns"] for scans in before.values() for s in scans)
     first_after = min(s["ts_ns"] for d in DEVICES for s in sent[d] if s["ts_ns"] > killed_ns)
-    assert sorted(gap["devices"]) == list(DEVICES)
+    assert sorted(gap["devices"]) == STREAMS
     start, end = ns_of(gap["start"]), ns_of(gap["end"])
     assert last_before <= start <= killed_ns, "the gap starts at the last commit before death"
     assert restart_ns <= end <= first_after, "the gap ends when the new run starts"
@@ -190,9 +193,9 @@ async def test_sigkill_and_restart_stores_every_published_reading_and_records_th
     rows = await asyncio.to_thread(
         vm.wait_export,
         f'{{__name__="gap_duration_s",site="{site}",cause="daemon down"}}',
-        lambda r: len(r) == len(DEVICES),
+        lambda r: len(r) == len(STREAMS),
     )
-    assert sorted(r["metric"]["device"] for r in rows) == list(DEVICES)
+    assert sorted(r["metric"]["device"] for r in rows) == STREAMS
     for row in rows:
         assert row["timestamps"] == [start // 1_000_000]
         assert row["values"] == [pytest.approx(gap["duration_s"])]
