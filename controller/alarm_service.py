@@ -18,11 +18,19 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from controller.alarms import AlarmConfig, AlarmEngine, AlarmEvent, AlarmRefused, HealthTracker
+from controller.alarms import (
+    AlarmConfig,
+    AlarmEngine,
+    AlarmEvent,
+    AlarmRefused,
+    HealthTracker,
+    persist,
+)
 from controller.cleanroom.annex1 import State
 from controller.cleanroom.rooms import CleanroomConfig, LimitRule, link_rules, room_rules
 from controller.command_actions import AlarmAction, RoomState
@@ -109,8 +117,10 @@ class AlarmService:
         publish_state: Callable[[str, bytes], None],
         record_event: Callable[[AlarmEvent], None],
         record_scan: Callable[[Scan], object],
+        state_path: Path | None = None,
     ) -> None:
         self.engine = AlarmEngine(configs)
+        self._state_path = state_path
         self.health = HealthTracker()
         self.rooms = dict(rooms)  # room id -> at_rest | in_operation
         self._store = store
@@ -125,7 +135,9 @@ class AlarmService:
 
     # --- per tick -------------------------------------------------------------------
     def start(self) -> None:
-        """Record every room's state and publish every alarm's snapshot (late joiners)."""
+        """Restore what operators did before a restart, record every room's state, publish
+        every alarm's snapshot (late joiners)."""
+        self._restore()
         for room in self.rooms:
             self._record_room(room)
         for alarm in self.engine.ids:
@@ -229,10 +241,32 @@ class AlarmService:
             return
         self.health.observe(events)
         self.events += len(events)
+        self._save()
         for alarm in dict.fromkeys(ev.alarm for ev in events):
             self._publish_state(f"alarms/{alarm}", self._snapshot(alarm))
         for ev in events:
             self._record_event(ev)
+
+    def _restore(self) -> None:
+        if self._state_path is None:
+            return
+        try:
+            saved = persist.load(self._state_path)
+        except (OSError, ValueError) as exc:  # unreadable: start fresh, loudly (more alarms)
+            why = f"alarm states in {self._state_path} unreadable, starting from normal: {exc}"
+            log.error("%s", why)  # noqa: TRY400 - the reason is in the message
+            return
+        n = persist.restore(self.engine, saved, time.monotonic(), utc_now_ns())
+        if n:
+            log.info("alarm states restored for %d alarms from %s", n, self._state_path)
+
+    def _save(self) -> None:
+        if self._state_path is None:
+            return
+        try:
+            persist.save(self.engine, self._state_path)
+        except OSError as exc:
+            log.error("alarm states not saved to %s: %s", self._state_path, exc)  # noqa: TRY400
 
     def _snapshot(self, alarm: str) -> bytes:
         doc = self.engine.snapshot(alarm)

@@ -233,6 +233,7 @@ class Daemon:
             publish_state=self._publish_state,
             record_event=self._alarm_event,
             record_scan=self.hub.publish,
+            state_path=cfg.state.dir / "alarms.json",
         )
 
     def _publish_state(self, suffix: str, payload: bytes) -> None:

@@ -233,6 +233,12 @@ class AlarmEngine:
             self._clear_shelf(i)
             self._settle(i, Cause.SHELVE_EXPIRED, t_ns, events)
 
+    def reschedule_expiry(self) -> None:
+        """Recompute when the next shelving expires (after records were restored)."""
+        self._next_expiry_s = min(
+            (r.shelved_until_s for r in self.records if r.shelved), default=math.inf
+        )
+
     def _clear_shelf(self, i: int) -> None:
         rec = self.records[i]
         rec.shelved, rec.shelved_until_s, rec.shelved_until_ns = False, math.inf, None

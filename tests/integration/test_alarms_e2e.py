@@ -169,6 +169,8 @@ class Floor:
     broker: Mosquitto
     key: bytes
     tsdb: VictoriaMetrics
+    stop: asyncio.Event
+    task: asyncio.Task[None]
 
     @property
     def prefix(self) -> str:
@@ -220,7 +222,7 @@ async def floor(tmp_path: Path, broker: Mosquitto, tsdb: VictoriaMetrics) -> Asy
         try:
             async with asyncio.timeout(30):
                 await daemon.ready.wait()
-            yield Floor(cfg, daemon, broker, keys["olga"].secret, tsdb)
+            yield Floor(cfg, daemon, broker, keys["olga"].secret, tsdb, stop, task)
         finally:
             stop.set()
             await asyncio.wait_for(task, 30)
@@ -364,3 +366,30 @@ async def test_alarm_transitions_are_events_in_the_tsdb(floor: Floor) -> None:
     assert series["metric"]["priority"] == "critical"
     assert series["metric"]["cause"] == "alarm"
     assert ev.json()["ts_ns"] // 1_000_000 in series["timestamps"]
+
+
+async def test_alarm_states_survive_a_restart(floor: Floor) -> None:
+    """Acknowledged before a restart: still acknowledged, by the same person, after it."""
+    async with MqttCollector(HOST, floor.broker.port, f"{floor.prefix}/alarms/{GRADE_A_5UM}") as a:
+        await a.wait_for(lambda m: m.json()["state"] == "unacknowledged", timeout_s=30)
+        reply = await floor.command("ack", {"alarm": GRADE_A_5UM}, "seen before the restart")
+        assert reply["ok"] is True, reply
+        await a.wait_for(lambda m: m.json()["state"] == "acknowledged", timeout_s=10)
+    floor.stop.set()
+    await asyncio.wait_for(floor.task, 30)
+    again = Daemon(floor.cfg, {}, ConfigSource("(test)", "1" * 64))
+    stop = asyncio.Event()
+    task = asyncio.create_task(again.run(stop))
+    try:
+        async with asyncio.timeout(30):
+            await again.ready.wait()
+        assert again.alarms.state(GRADE_A_5UM) == "acknowledged"
+        async with MqttCollector(
+            HOST, floor.broker.port, f"{floor.prefix}/alarms/{GRADE_A_5UM}"
+        ) as a:
+            kept = await a.wait_for(lambda m: m.retain, timeout_s=10)
+        assert kept.json()["state"] == "acknowledged"
+        assert kept.json()["acknowledged_by"] == "olga"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
