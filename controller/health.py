@@ -42,6 +42,7 @@ def snapshot(daemon: Daemon, now_ns: int) -> dict[str, Any]:
             "tags": int(idx.size),
             "tags_not_good": int(idx.size - ok.sum()),
             "scans": stats.scans,
+            "failed_scans": stats.failed,
             "skipped_slots": stats.skipped,
             "p99_lateness_ms": round(stats.p99_lateness_s() * 1000.0, 1),
         }

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from controller.hub import Hub
 from controller.watchdog import Heart, Liveness
 from drivers.base import Driver, RecordDriver
-from drivers.sample import Scan, utc_now_ns
+from drivers.sample import Quality, Scan, utc_now_ns
 
 
 @dataclass
@@ -27,6 +27,7 @@ class ScheduleStats:
 
     scans: int = 0
     skipped: int = 0
+    failed: int = 0  # scans with no good value at all: the device was not reachable
     lateness_s: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
     def p99_lateness_s(self) -> float:
@@ -117,6 +118,9 @@ class Poller:
         else:
             self._hub.publish(scan)
         self.stats.scans += 1
+        # a link failure makes every sample BAD; the first and last tell it in O(1)
+        if samples and samples[0].quality is Quality.BAD and samples[-1].quality is Quality.BAD:
+            self.stats.failed += 1
         return scan
 
     def _next_due(self, due: float) -> float:

@@ -460,6 +460,7 @@ async def test_health_is_retained_on_mqtt(shared_floor: Floor) -> None:
     assert doc["site"] == floor.cfg.site.id
     assert set(doc["devices"]) == {"br-1"}
     assert doc["devices"]["br-1"]["scans"] > 0
+    assert doc["devices"]["br-1"]["failed_scans"] == 0
     assert doc["loops"]["br-1.temp"]["write_error"] is None
     assert "lag" in doc["sinks"]["mqtt"]
     assert doc["stuck"] == []

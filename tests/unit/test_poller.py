@@ -112,3 +112,17 @@ async def test_stop_cuts_a_long_wait_short() -> None:
     stop.set()
     await asyncio.wait_for(task, timeout=10)
     assert driver.reads == 1
+
+
+async def test_scans_without_a_good_value_are_counted_as_failed() -> None:
+    """Health reports per device how many scans found it unreachable (every tag BAD)."""
+    poller, _clock, _ = make(0.0)
+    await poller.scan_once()  # one good, one bad: not a failed scan
+    assert poller.stats.failed == 0
+
+    async def unreachable() -> list[Sample]:
+        return [Sample.bad("a", "u", "timeout", 5), Sample.bad("b", "u", "timeout", 5)]
+
+    poller._driver.read = unreachable  # type: ignore[method-assign]
+    await poller.scan_once()
+    assert (poller.stats.scans, poller.stats.failed) == (2, 1)
