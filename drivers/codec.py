@@ -83,7 +83,11 @@ def encode(spec: RegisterSpec, value: float) -> list[int]:
 
 
 def _unsigned(spec: RegisterSpec, regs: Sequence[int]) -> int:
-    return regs[0] if spec.words == 1 else (regs[0] << 16) | regs[1]
+    """The registers as one unsigned integer, high word first whatever the word order."""
+    if spec.words == 1:
+        return regs[0]
+    hi, lo = (regs[0], regs[1]) if spec.word_order == "big" else (regs[1], regs[0])
+    return (hi << 16) | lo
 
 
 @dataclass(frozen=True, slots=True)

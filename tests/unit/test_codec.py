@@ -13,6 +13,7 @@ from pymodbus.pdu import DecodePDU
 from pymodbus.pdu.register_message import ReadHoldingRegistersRequest
 
 from controller.configload import load_profile
+from drivers.blockdecode import BlockDecoder
 from drivers.codec import DecodeError, decode, encode, plan_reads, raw_value
 from drivers.registermap import RegisterSpec
 
@@ -175,3 +176,16 @@ def test_tag_names_that_collide_with_influx_fields_are_refused() -> None:
     """`x_quality` would overwrite the quality field of tag `x` in InfluxDB."""
     with pytest.raises(ValueError, match="reserved"):
         spec(tag="co2_quality")
+
+
+def test_no_data_code_of_a_32_bit_value_honours_the_word_order() -> None:
+    """LSW first: [0x0000, 0xFFFF] on the wire is 0xFFFF0000, not the no-data code 0xFFFF."""
+    spec = RegisterSpec(
+        tag="t", address=0, type="u32", word_order="little", not_available_raw=0xFFFF
+    )
+    assert decode(spec, [0x0000, 0xFFFF]) == 0xFFFF0000
+    with pytest.raises(DecodeError, match="not available"):
+        decode(spec, [0xFFFF, 0x0000])
+    block = BlockDecoder([(spec, 0)], 2)
+    assert block.decode([0x0000, 0xFFFF]) == [0xFFFF0000]
+    assert block.decode([0xFFFF, 0x0000]) == ["not available (device sent its no-data code)"]
