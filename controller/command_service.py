@@ -9,7 +9,6 @@ device then refuses gets a second record (`failed: …`) and a reply with `ok: f
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from datetime import UTC, datetime
 from controller.audit import AuditTrail
 from controller.audit_record import AuditRecord
 from controller.authz import Verifier
-from controller.commands import Accepted, SealFields, reply_payload, reply_topic
+from controller.commands import Accepted, SealFields, reply_body, reply_payload, reply_topic
 from controller.plant import ActionFailed, LoopPlant
 from controller.spool_events import JSON, Event
 
@@ -120,14 +119,7 @@ class CommandService:
     ) -> list[Message]:
         if request_id is None:
             return []
-        body = {
-            "request_id": request_id,
-            "ok": ok,
-            "code": code,
-            "message": message,
-            "ts": now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
-        }
-        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        payload = reply_body(request_id, ok, code, message, now)
         return [Message(f"{self._prefix}/reply/{request_id}", payload)]
 
 

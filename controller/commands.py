@@ -178,9 +178,14 @@ def reply_payload(outcome: Outcome, now: datetime) -> bytes:
         code, message = "accepted", f"{outcome.request.verb} on {outcome.request.object} accepted"
     else:
         code, message = outcome.code, outcome.message
+    return reply_body(outcome.request_id, outcome.ok, code, message, now)
+
+
+def reply_body(request_id: str | None, ok: bool, code: str, message: str, now: datetime) -> bytes:
+    """The JSON of a reply on `<prefix>/reply/<request_id>` (docs/commands.md)."""
     body = {
-        "request_id": outcome.request_id,
-        "ok": outcome.ok,
+        "request_id": request_id,
+        "ok": ok,
         "code": code,
         "message": message,
         "ts": now.isoformat(timespec="microseconds").replace("+00:00", "Z"),

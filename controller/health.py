@@ -16,8 +16,6 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from controller.sinks.mqtt import iso_utc
 from drivers.sample import Quality
 
@@ -33,14 +31,14 @@ def snapshot(daemon: Daemon, now_ns: int) -> dict[str, Any]:
     good = store.quality == Quality.GOOD
     devices: dict[str, Any] = {}
     for dev_id, run in daemon.devices.items():
-        idx = np.array([store.index[(dev_id, t.tag)] for t in run.driver.tags], dtype=np.intp)
-        ok = good[idx] if idx.size else np.zeros(0, bool)
-        last_good = int(store.t_receive_ns[idx][ok].max()) if ok.any() else None
+        sl = store.device_slice(dev_id) or slice(0, 0)
+        ok = good[sl]
+        last_good = int(store.t_receive_ns[sl][ok].max()) if ok.any() else None
         stats = run.poller.stats
         entry: dict[str, Any] = {
             "last_good": iso_utc(last_good) if last_good else None,
-            "tags": int(idx.size),
-            "tags_not_good": int(idx.size - ok.sum()),
+            "tags": int(ok.size),
+            "tags_not_good": int(ok.size - ok.sum()),
             "scans": stats.scans,
             "failed_scans": stats.failed,
             "skipped_slots": stats.skipped,

@@ -277,24 +277,37 @@ class LoopGroup:
             self._links[i].fail(loop.output, error)
 
     async def _attempt(self, name: str, value: float) -> str | None:
-        """Write with retries; None on success, else the last error in words."""
-        device, tag = split(name)
-        writer = self._writers.get(device)
-        if writer is None:
-            return f"device {device} cannot be written"
-        error = "not attempted"
-        for _ in range(self.cfg.write_retries + 1):
-            try:
-                await asyncio.wait_for(writer.write(tag, value), self.cfg.write_timeout_s)
-            except ValueError as exc:  # refused by us: retrying cannot help
-                return str(exc)
-            except TimeoutError:
-                error = f"write {name}={value:g} timed out after {self.cfg.write_timeout_s} s"
-            except (RuntimeError, OSError) as exc:
-                error = str(exc) or type(exc).__name__
-            else:
-                return None
-        return error
+        """Write with the group's retries; None on success, else the last error in words."""
+        cfg = self.cfg
+        return await write_tag(
+            self._writers, name, value, cfg.write_timeout_s, retries=cfg.write_retries
+        )
+
+
+async def write_tag(
+    writers: Mapping[str, Writer], name: str, value: float, timeout_s: float, *, retries: int = 0
+) -> str | None:
+    """Write `device.tag`, retrying timeouts and device refusals; None on success, else why.
+
+    A ValueError (our side refuses: not writable, does not fit) is not retried.
+    """
+    device, tag = split(name)
+    writer = writers.get(device)
+    if writer is None:
+        return f"device {device} cannot be written"
+    error = "not attempted"
+    for _ in range(retries + 1):
+        try:
+            await asyncio.wait_for(writer.write(tag, value), timeout_s)
+        except ValueError as exc:  # refused by us: retrying cannot help
+            return str(exc)
+        except TimeoutError:
+            error = f"write {name}={value:g} timed out after {timeout_s} s"
+        except (RuntimeError, OSError) as exc:
+            error = str(exc) or type(exc).__name__
+        else:
+            return None
+    return error
 
 
 def groups_of(

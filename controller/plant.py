@@ -6,7 +6,6 @@ module gives that view over the running loop groups and carries accepted actions
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from typing import Protocol
@@ -23,7 +22,7 @@ from controller.commands import (
     Setpoint,
     Write,
 )
-from controller.loops import LoopGroup, Writer
+from controller.loops import LoopGroup, Writer, write_tag
 from controller.loops_config import CommandTag, LoopConfig, split
 from controller.tagstore import TagStore
 
@@ -135,16 +134,9 @@ class LoopPlant:
             await self._write(action.tag, action.value)
 
     async def _write(self, name: str, value: float) -> None:
-        device, tag = split(name)
-        writer = self._writers.get(device)
-        if writer is None:
-            raise ActionFailed(f"device {device} cannot be written")
-        try:
-            await asyncio.wait_for(writer.write(tag, value), self._timeout_s)
-        except TimeoutError:
-            raise ActionFailed(f"write {name} timed out after {self._timeout_s} s") from None
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise ActionFailed(str(exc) or type(exc).__name__) from None
+        error = await write_tag(self._writers, name, value, self._timeout_s)
+        if error is not None:
+            raise ActionFailed(error)
 
     def _batch(self, action: BatchStart | BatchEnd, user: str) -> None:
         if self.batches is None:
