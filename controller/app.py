@@ -14,7 +14,7 @@ import contextlib
 import functools
 import gc
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -45,7 +45,7 @@ from controller.hub import Hub
 from controller.loops import LoopGroup, Writer, loop_tags
 from controller.loops_check import catalog
 from controller.loops_config import split
-from controller.poller import Poller
+from controller.poller import Poller, scan_phase_s
 from controller.reload import ReloadRefused, diff
 from controller.sinks.influx import InfluxSink
 from controller.sinks.mqtt import MqttSink
@@ -173,7 +173,9 @@ class Daemon:
         self.journal = open_spool(cfg)
         self.hub = Hub(TagStore([]), self.journal)
         self.liveness = Liveness()
-        self.devices: dict[str, DeviceRun] = {dev.id: self._device(dev) for dev in cfg.devices}
+        self.devices: dict[str, DeviceRun] = {
+            dev.id: self._device(dev, cfg.devices) for dev in cfg.devices
+        }
         units = _units(cfg)
         self.hub.store = _store(cfg, self.devices, units)
         self.hub.config_id = source.sha256[:12] if source else None
@@ -421,9 +423,17 @@ class Daemon:
             self._record_gap(Gap(since, now, "daemon down", devices))
             log.warning("data gap: daemon was down for %.1f s", (now - since) / 1e9)
 
-    def _device(self, cfg: AnyDeviceConfig) -> DeviceRun:
+    def _device(self, cfg: AnyDeviceConfig, site_devices: Sequence[AnyDeviceConfig]) -> DeviceRun:
+        """A device's driver and poller; its scan phase depends on the site's other devices."""
         driver = make_driver(cfg, self.buses)
-        poller = Poller(cfg.id, driver, cfg.poll_period_s, self.hub, liveness=self.liveness)
+        poller = Poller(
+            cfg.id,
+            driver,
+            cfg.poll_period_s,
+            self.hub,
+            liveness=self.liveness,
+            phase_s=scan_phase_s(cfg.id, site_devices),
+        )
         return DeviceRun(cfg, driver, poller, asyncio.Event())
 
     def _start_device(self, run: DeviceRun) -> None:
@@ -540,7 +550,9 @@ class Daemon:
         old_groups = list(self.loop_groups)
         going = [self.devices[i] for i in (*d.removed, *d.changed)]
         runs = {i: self.devices[i] for i in self.devices if i not in {*d.removed, *d.changed}}
-        new_runs = {dev.id: runs.get(dev.id) or self._device(dev) for dev in new.devices}
+        new_runs = {
+            dev.id: runs.get(dev.id) or self._device(dev, new.devices) for dev in new.devices
+        }
         units = _units(new)
         store = _store(new, new_runs, units)
         # 1. the old loops stop; those that continue in the new config are not handed back

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -16,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from controller import backup, batch_report, cmd_cli
+from controller import backup, batch_report, cmd_cli, eventloop
 from controller.configload import ConfigError, load_site
 from controller.logsetup import setup_logging
 
@@ -229,15 +230,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _run_until_signal(main_coro: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> int:
     """Run `main_coro(stop)`; SIGTERM/SIGINT set `stop` so it can shut down cleanly."""
+    try:
+        loop_name = eventloop.chosen()
+    except eventloop.EventLoopChoiceError as exc:
+        print(f"cellfab: {exc}", file=sys.stderr)
+        return EXIT_INVALID
 
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        logging.getLogger(__name__).info("event loop: %s", type(loop).__module__.split(".")[0])
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await main_coro(stop)
 
-    asyncio.run(runner())
+    eventloop.run(runner(), loop_name)
     return 0
 
 

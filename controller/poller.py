@@ -1,9 +1,11 @@
 """One device's scan loop on a fixed monotonic schedule.
 
-Scans start at t0 + k·period on the monotonic clock, so they do not drift with the time a
-read takes; a scan that overran skips the missed slots (counted) instead of bursting to
-catch up (less than half a period behind, it starts at once). Stopping is cooperative: a
-scan in progress completes, so no half scan is lost.
+Scans start at phase + k·period on the monotonic clock, so they do not drift with the time
+a read takes, and devices given different phases do not all start their scans in the same
+millisecond (see `scan_phase_s`). A scan that
+overran skips the missed slots (counted) instead of bursting to catch up (less than half a
+period behind, it starts at once). Stopping is cooperative: a scan in progress completes,
+so no half scan is lost.
 """
 
 from __future__ import annotations
@@ -12,13 +14,40 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from controller.hub import Hub
 from controller.watchdog import Heart, Liveness
 from drivers.base import Driver, RecordDriver
 from drivers.sample import Quality, Scan, utc_now_ns
+
+
+class Polled(Protocol):
+    """What the phase of a device's scans depends on."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def poll_period_s(self) -> float: ...
+
+
+SCANS_PER_SLOT = 20  # devices whose scans start together; more wait for each other's CPU
+
+
+def scan_phase_s(device: str, devices: Sequence[Polled]) -> float:
+    """`device`'s phase: devices sharing a period split into slots of ≤ 20, spread over it.
+
+    A burst of 100 scan starts made the last one wait ~45 ms for the others' CPU; one slot
+    per device made every request wake the event loop alone and cost 2.4x the CPU per
+    sample (bench/poll.py). Round-robin in file order: deterministic, so a restart or a
+    reload keeps every unchanged device's slot.
+    """
+    mine = next(d for d in devices if d.id == device)
+    peers = [d.id for d in devices if d.poll_period_s == mine.poll_period_s]
+    slots = math.ceil(len(peers) / SCANS_PER_SLOT)
+    return mine.poll_period_s * (peers.index(device) % slots) / slots
 
 
 @dataclass
@@ -51,12 +80,14 @@ class Poller:
         *,
         liveness: Liveness | None = None,
         scan_budget_s: float = 30.0,
+        phase_s: float = 0.0,
     ) -> None:
         self.device = device
         self._heart = Heart(liveness, f"poll:{device}")
         self._budget_s = 2 * period_s + scan_budget_s  # a scan that takes longer is stuck
         self._driver = driver
         self._period = period_s
+        self._phase = phase_s % period_s
         self._hub = hub
         self._clock = clock
         self.stats = ScheduleStats()
@@ -66,8 +97,9 @@ class Poller:
         self._records = driver if isinstance(driver, RecordDriver) else None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Scan until `stop` is set; the first scan is immediate."""
+        """Scan until `stop` is set; the first scan is immediate, the next on the phase grid."""
         due = self._clock()
+        first = True
         watcher = asyncio.create_task(self._wake_on(stop), name=f"stop-watch:{self.device}")
         try:
             while not stop.is_set():
@@ -75,7 +107,8 @@ class Poller:
                 self.stats.lateness_s.append(max(0.0, self._clock() - due))
                 await self.scan_once()
                 self.scanned.set()
-                due = self._next_due(due)
+                due = self._on_grid(due) if first else self._next_due(due)
+                first = False
                 await self._wait_until(due, stop)
         finally:
             self._heart.idle()
@@ -122,6 +155,11 @@ class Poller:
         if samples and samples[0].quality is Quality.BAD and samples[-1].quality is Quality.BAD:
             self.stats.failed += 1
         return scan
+
+    def _on_grid(self, start: float) -> float:
+        """The first slot of the phase grid at least half a period after `start`."""
+        k = math.ceil((start + self._period / 2 - self._phase) / self._period)
+        return self._next_due(self._phase + (k - 1) * self._period)
 
     def _next_due(self, due: float) -> float:
         due += self._period

@@ -362,8 +362,9 @@ class Spool:
     async def _checkpoints(self, interval_s: float) -> None:
         done = self.commits
         while not self._closed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), interval_s)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see controller/cancel.py
+                async with asyncio.timeout(interval_s):
+                    await self._closing.wait()
             if self.commits != done:
                 done = self.commits
                 await self.checkpoint()

@@ -35,6 +35,7 @@ class DrainDeadline:
             left = min(end, self._until or math.inf) - time.monotonic()
             if left <= 0:
                 return True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._cursor.changed(), left)  # a close starts the clock
+            with contextlib.suppress(TimeoutError):  # not wait_for: see controller/cancel.py
+                async with asyncio.timeout(left):
+                    await self._cursor.changed()  # a close starts the clock
         return False

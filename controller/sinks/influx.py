@@ -181,8 +181,9 @@ class InfluxSink:
             left = end - time.monotonic()
             if left <= 0:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._cursor.changed(), left)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see controller/cancel.py
+                async with asyncio.timeout(left):
+                    await self._cursor.changed()
 
     async def _deliver(self, api: WriteApiAsync) -> bool:
         """Write the pending batch until accepted or refused; False at the drain deadline."""

@@ -25,6 +25,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from controller.cancel import cancel_and_wait
 from controller.command_service import CommandService
 from controller.config import SiteConfig
 from controller.sinks.drain import DrainDeadline
@@ -282,9 +283,9 @@ class MqttSink:
                     inbound = tg.create_task(self._inbound(client), name="mqtt-inbound")
                     states = tg.create_task(self._publish_states(client), name="mqtt-states")
                     drained = await self._forward(client)
-                    states.cancel()
+                    await cancel_and_wait(states)
                     await self._publish_status(client, "offline" if drained else "lost")
-                    inbound.cancel()
+                    await cancel_and_wait(inbound)
             except asyncio.CancelledError:
                 with contextlib.suppress(aiomqtt.MqttError):
                     await self._publish_status(client, "lost")

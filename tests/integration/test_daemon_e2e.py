@@ -138,6 +138,7 @@ async def test_every_scan_reaches_mqtt_and_tsdb_with_the_same_timestamp(
         await mqtt.wait_for(is_status(site_id, "offline"), timeout_s=10)
         messages = list(mqtt.messages)
 
+    assert "event loop: uvloop" in log.read_text()  # what the unit runs on (eventloop.py)
     stopped = re.search(r"pollers stopped after (\d+) scans", log.read_text())
     assert stopped is not None, log.read_text()
     sent = {d: telemetry(messages, site_id, d) for d in ("inc-1", "inc-2")}

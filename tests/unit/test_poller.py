@@ -6,7 +6,7 @@ import asyncio
 
 from controller.hub import Hub
 from controller.journal import Journal
-from controller.poller import Poller
+from controller.poller import Poller, scan_phase_s
 from controller.tagstore import TagStore
 from drivers.registermap import RegisterSpec
 from drivers.sample import Quality, Sample
@@ -126,3 +126,30 @@ async def test_scans_without_a_good_value_are_counted_as_failed() -> None:
     poller._driver.read = unreachable  # type: ignore[method-assign]
     await poller.scan_once()
     assert (poller.stats.scans, poller.stats.failed) == (2, 1)
+
+
+def test_first_slot_after_the_immediate_scan_is_on_the_phase_grid() -> None:
+    """With phase 0.25 s at 1 Hz, slots are k + 0.25; the first is at least half a period on."""
+    clock = FakeClock()
+    driver = FakeDriver(clock, 0.0)
+    hub = Hub(TagStore([("dev", driver.tags)]), Journal(100))
+    poller = Poller("dev", driver, 1.0, hub, clock, phase_s=0.25)
+    clock.now = 100.1
+    assert poller._on_grid(100.1) == 101.25  # 100.25 is only 0.15 s away
+    clock.now = 100.7
+    assert poller._on_grid(100.7) == 101.25
+    assert poller.stats.skipped == 0
+
+
+def test_devices_sharing_a_period_spread_over_it_in_slots() -> None:
+    """45 devices at 1 s: three slots (0, 1/3, 2/3 s) round-robin; another period its own."""
+
+    class Dev:
+        def __init__(self, id: str, poll_period_s: float) -> None:
+            self.id, self.poll_period_s = id, poll_period_s
+
+    devices = [Dev(f"d{k}", 1.0) for k in range(45)] + [Dev("slow", 10.0)]
+    phases = [scan_phase_s(d.id, devices) for d in devices]
+    assert phases[:4] == [0.0, 1 / 3, 2 / 3, 0.0]
+    assert sorted(phases[:45]).count(1 / 3) == 15 and phases[45] == 0.0
+    assert [scan_phase_s(d.id, devices[:20]) for d in devices[:20]] == [0.0] * 20
