@@ -34,6 +34,7 @@ from typing import Any
 import serial
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
+from controller import eventloop
 from controller.config import SiteConfig
 from controller.configload import load_site
 from drivers import lighthouse as lh
@@ -266,11 +267,13 @@ async def run_ours(cfg: SiteConfig, seconds: float, tally: Tally) -> str:
     hub, publish, record = daemon.hub, daemon.hub.publish, daemon.hub.record
 
     def counted_publish(scan: Any) -> int:
-        tally.add(family[scan.device], len(scan.samples))
+        if scan.device in family:  # not the daemon's own `cellfab` stream: no device
+            tally.add(family[scan.device], len(scan.samples))
         return publish(scan)
 
     def counted_record(scan: Any) -> int:
-        tally.add(family[scan.device], len(scan.samples))
+        if scan.device in family:
+            tally.add(family[scan.device], len(scan.samples))
         return record(scan)
 
     hub.publish = counted_publish  # type: ignore[method-assign]
@@ -498,7 +501,8 @@ def worker(config: str, side: str, family: str | None, seconds: float) -> None:
     cfg = only(load_site(Path(config), {}), family)
     tally = Tally()
     run = run_ours if side == "ours" else run_naive
-    note = asyncio.run(run(cfg, seconds, tally))
+    # ours on the loop `cellfab run` uses (uvloop), the naive loops on the standard one
+    note = eventloop.run(run(cfg, seconds, tally), "uvloop" if side == "ours" else "asyncio")
     print(
         json.dumps(
             {
