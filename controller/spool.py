@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Literal, NamedTuple
 
+from controller import spool_outages
 from controller.spool_budget import (
     ROW_OVERHEAD,
     Budget,
@@ -47,6 +48,7 @@ from controller.spool_events import (
     last_event_id,
     oldest_event_id,
 )
+from controller.spool_outages import OpenOutage
 from drivers.sample import Scan, utc_now_ns
 
 __all__ = ["Event", "Gap", "Spool", "SpoolCursor", "SpoolFull", "SpoolLocked"]
@@ -97,10 +99,12 @@ class Spool:
         self._configure(self._db, synchronous)
         self._db.executescript(SCHEMA)
         add_event_column(self._db)
+        spool_outages.add_columns(self._db)
         self._pending: list[tuple[int, int, str, int, int, bytes, str | None, str | None]] = []
         self._pending_scans: list[Scan] = []
         self._pending_gaps: list[Gap] = []
         self._pending_events: list[tuple[int, int, str, str, str]] = []  # id + Event.row()
+        self._pending_outages: dict[str, OpenOutage | None] = {}  # sink -> span, None: closed
         self._new_layouts: list[tuple[int, str, str]] = []
         self._cache: deque[tuple[int, Scan]] = deque(maxlen=cache_scans)
         self._cursors: dict[str, SpoolCursor] = {}
@@ -150,7 +154,10 @@ class Spool:
                 0,
                 self._last_event if first_event is None else first_event - 1,
             )
-            self._db.execute("INSERT INTO cursors VALUES (?, ?, ?, ?)", (name, *row))
+            self._db.execute(
+                "INSERT INTO cursors (name, acked, gap_acked, event_acked) VALUES (?, ?, ?, ?)",
+                (name, *row),
+            )
         cur = SpoolCursor(self, name, *row)
         self._cursors[name] = cur
         return cur
@@ -314,6 +321,31 @@ class Spool:
         """True while acked scans remain to be deleted (a chunk goes with each commit)."""
         return self._cleanup_left
 
+    def open_outage(self, sink: str) -> OpenOutage | None:
+        """The span `sink` had open at the last commit (or set since), if any."""
+        if sink in self._pending_outages:
+            return self._pending_outages[sink]
+        return self._outages.get(sink)
+
+    def set_outage(self, sink: str, span: OpenOutage | None) -> None:
+        """Open or update (`span`) or close (None) `sink`'s outage with the next commit."""
+        if sink not in self._cursors:
+            raise KeyError(f"spool {self.path}: no cursor {sink!r} to keep an outage with")
+        if self.open_outage(sink) == span:
+            return
+        if not self._db_open:
+            log.error("spool %s is shut down: %s outage %s not recorded", self.path, sink, span)
+            return
+        self._pending_outages[sink] = span
+        if span is None:
+            self._outages.pop(sink, None)
+        else:
+            self._outages[sink] = span
+        if self._closed:
+            self.commit()
+        else:
+            self._dirty.set()
+
     @property
     def failing(self) -> bool:
         """True while commits fail (disk full, I/O error); the scans stay buffered."""
@@ -327,7 +359,7 @@ class Spool:
         """
         dirty = [c for c in self._cursors.values() if c.dirty]
         pending = self._pending or self._pending_gaps or self._pending_events
-        if not (pending or dirty or self._cleanup_left):
+        if not (pending or dirty or self._cleanup_left or self._pending_outages):
             return 0
         if not self._db_open:
             raise RuntimeError(f"spool {self.path} is shut down")
@@ -438,6 +470,7 @@ class Spool:
         self._last_gap = int(last_gap)
         self._last_event = last_event_id(self._db)
         self._next_event = self._last_event + 1
+        self._outages = spool_outages.load(self._db)
         self.budget.droppable = mark_gmp(self._db, self._gmp)
         self.budget.measure(self._db)
 
@@ -465,6 +498,7 @@ class Spool:
             [g.row() for g in self._pending_gaps],
         )
         db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", self._pending_events)
+        spool_outages.write(db, self._pending_outages)
         db.executemany(
             "UPDATE cursors SET acked = ?, gap_acked = ?, event_acked = ? WHERE name = ?",
             [(c.acked, c.gap_acked, c.event_acked, c.name) for c in dirty],
@@ -510,6 +544,7 @@ class Spool:
         if self._pending_events:
             self._last_event = self._pending_events[-1][0]
             self._pending_events = []
+        self._pending_outages = {}
         self._new_layouts = []
         self.budget.pending = 0
         self.budget.measure(self._db)

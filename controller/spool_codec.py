@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS gaps (id INTEGER PRIMARY KEY, start_ns INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, t_ns INTEGER NOT NULL,
     kind TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, acked INTEGER NOT NULL,
-    gap_acked INTEGER NOT NULL, event_acked INTEGER NOT NULL DEFAULT 0);
+    gap_acked INTEGER NOT NULL, event_acked INTEGER NOT NULL DEFAULT 0,
+    outage_since_ns INTEGER, outage_reason TEXT);
 """
 # GMP and other scans live in two tables so that the budget deletes a prefix of one table
 # (whole pages freed and reused) rather than every other row of shared pages; readers merge

@@ -26,7 +26,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from controller.config import SiteConfig
 from controller.lineproto import LineFormatter, event_line, gap_lines
 from controller.sinks.drain import DrainDeadline
-from controller.sinks.outage import Outage
+from controller.sinks.outage import Outage, OutageMemory
 from controller.spool_budget import Gap
 from controller.stream import StreamCursor as Cursor
 from controller.watchdog import Heart, Liveness
@@ -65,10 +65,13 @@ class InfluxSink:
         rng: random.Random | None = None,
         liveness: Liveness | None = None,
         on_outage: Callable[[Gap], None] | None = None,
+        outages: OutageMemory | None = None,
     ) -> None:
         self._heart = Heart(liveness, "sink:influx")
         self._live_seq = 0  # newest scan written ahead of the backlog (not acked)
-        self._outage = Outage("InfluxDB", tuple(cfg.streams()), on_outage)
+        self._outage = Outage(
+            "InfluxDB", tuple(cfg.streams()), on_outage, memory=outages, key="influx"
+        )
         if cfg.influx.url is None:
             raise ValueError("influx.url is not set: the InfluxDB sink is off")
         self._cfg = cfg.influx

@@ -29,7 +29,7 @@ from controller.cancel import cancel_and_wait
 from controller.command_service import CommandService
 from controller.config import SiteConfig
 from controller.sinks.drain import DrainDeadline
-from controller.sinks.outage import Outage
+from controller.sinks.outage import Outage, OutageMemory
 from controller.spool_budget import Gap
 from controller.stream import StreamCursor as Cursor
 from controller.watchdog import Heart, Liveness
@@ -161,9 +161,12 @@ class MqttSink:
         commands: CommandService | None = None,
         liveness: Liveness | None = None,
         on_outage: Callable[[Gap], None] | None = None,
+        outages: OutageMemory | None = None,
     ) -> None:
         self._heart = Heart(liveness, "sink:mqtt")
-        self._outage = Outage("MQTT broker", tuple(cfg.streams()), on_outage)
+        self._outage = Outage(
+            "MQTT broker", tuple(cfg.streams()), on_outage, memory=outages, key="mqtt"
+        )
         self._states: dict[str, bytes] = {}  # topic -> latest retained state to publish
         self._live_sent: set[int] = set()  # published ahead of a backlog, not yet acked
         self._live_seq = 0

@@ -8,10 +8,22 @@ says the data were delivered late, not lost.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from controller.spool_budget import Gap
+from controller.spool_outages import OpenOutage
 from drivers.sample import utc_now_ns
+
+log = logging.getLogger(__name__)
+
+
+class OutageMemory(Protocol):
+    """Where an open span survives a restart (the spool; `controller/spool_outages.py`)."""
+
+    def open_outage(self, sink: str) -> OpenOutage | None: ...
+    def set_outage(self, sink: str, span: OpenOutage | None) -> None: ...
 
 
 class Outage:
@@ -23,20 +35,32 @@ class Outage:
         devices: tuple[str, ...],
         report: Callable[[Gap], None] | None,
         clock_ns: Callable[[], int] = utc_now_ns,
+        *,
+        memory: OutageMemory | None = None,
+        key: str = "",
     ) -> None:
+        """`memory` and `key` (the sink's cursor name): an open span outlives a restart."""
         self._name = name
         self._devices = devices
         self._report = report
         self._clock = clock_ns
+        self._memory = memory
+        self._key = key or name
         self._since_ns: int | None = None
         self._reason = ""
         self.reported = 0
+        span = memory.open_outage(self._key) if memory is not None else None
+        if span is not None:
+            self._since_ns, self._reason = span.since_ns, span.reason
+            log.warning("%s: outage open since before the restart (%s)", name, span.reason)
 
     def failed(self, reason: str) -> None:
         """The far side refused or could not be reached (the first failure opens the span)."""
         if self._since_ns is None:
             self._since_ns = self._clock()
         self._reason = reason
+        if self._memory is not None:
+            self._memory.set_outage(self._key, OpenOutage(self._since_ns, reason[:200]))
 
     def delivered(self) -> None:
         """The far side accepted something: close and report the span, if one is open."""
@@ -47,3 +71,5 @@ class Outage:
             cause = f"{self._name} unreachable, delivered late: {self._reason}"[:200]
             self._report(Gap(start, self._clock(), cause, self._devices, 0))
             self.reported += 1
+        if self._memory is not None:  # with the gap's commit: recorded and closed at once
+            self._memory.set_outage(self._key, None)

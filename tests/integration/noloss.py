@@ -423,6 +423,29 @@ def persisted_ack(spool_path: Path, cursor: str) -> int:
     return int(row[0]) if row else 0
 
 
+def open_outage_since(spool_path: Path, sink: str) -> int | None:
+    """When `sink`'s open outage began, as the spool has it on disk (None: none open)."""
+    db = sqlite3.connect(f"file:{spool_path}?mode=ro", uri=True, timeout=5)
+    try:
+        sql = "SELECT outage_since_ns FROM cursors WHERE name = ?"
+        row = db.execute(sql, (sink,)).fetchone()
+    except sqlite3.OperationalError:  # no cursors table before the spool's first open
+        row = None
+    finally:
+        db.close()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+async def wait_open_outage(spool_path: Path, sink: str, timeout_s: float = 30.0) -> int:
+    """Return `sink`'s outage start once the daemon has committed it."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            since = await asyncio.to_thread(open_outage_since, spool_path, sink)
+            if since is not None:
+                return since
+            await asyncio.sleep(0.05)  # poll cadence: a file offers nothing to await
+
+
 async def wait_committed(spool_path: Path, above: int, timeout_s: float = 30.0) -> int:
     """Return once the daemon has committed a seq above `above` (scans it took meanwhile,
     when nothing else can show them: its broker is down)."""

@@ -24,10 +24,12 @@ from tests.integration.noloss import (
     DupAwareCollector,
     committed_seq,
     ns_of,
+    open_outage_since,
     serve_incubators,
     stop_cleanly,
     wait_committed,
     wait_events,
+    wait_open_outage,
     write_site,
 )
 from tests.servers import HOST, Mosquitto, Received, require_binary
@@ -209,3 +211,45 @@ async def test_broker_restarts_lose_no_event_and_no_scan(tmp_path: Path, ports: 
     for g, began_ns, ended_ns in zip(late, (restart_ns, down_ns), back_ns, strict=True):
         assert sorted(g["devices"]) == sorted([*DEVICES, "cellfab"])
         assert began_ns <= ns_of(g["start"]) and ended_ns <= ns_of(g["end"]), (g, began_ns)
+
+
+async def test_an_outage_open_when_the_daemon_is_killed_is_still_recorded(
+    tmp_path: Path, ports: list[int]
+) -> None:
+    """The broker is down from the start and the daemon is SIGKILLed during the outage: the
+    next run, once the broker is back, records the span from the first failure of the
+    killed run, as data delivered late (controller/spool_outages.py), next to the
+    `daemon down` gap of the kill."""
+    (tmp_path / "mosq-dir").mkdir()
+    broker = Mosquitto(require_binary("mosquitto"), tmp_path / "mosq-dir")  # not started
+    path, prefix = write_site(tmp_path, ports, mqtt=broker.url, influx=None)
+    spool = tmp_path / "state" / "spool.sqlite"
+    daemon = DaemonProcess(path)
+    try:
+        started_ns = utc_now_ns()
+        await daemon.start()
+        await daemon.wait_log(rf"MQTT broker {HOST}:{broker.port}: ")
+        since_ns = await wait_open_outage(spool, "mqtt")
+        await wait_committed(spool, 4)
+        await daemon.kill()
+        killed_ns = utc_now_ns()
+        await asyncio.to_thread(broker.start)
+        async with DupAwareCollector(HOST, broker.port, f"{prefix}/events/gap") as mqtt:
+            await daemon.start()
+            late = await mqtt.wait_for(
+                lambda m: json.loads(m.payload)["cause"].startswith(
+                    "MQTT broker unreachable, delivered late"
+                ),
+                timeout_s=30,
+            )
+            await mqtt.wait_for(lambda m: json.loads(m.payload)["cause"] == "daemon down")
+        await stop_cleanly(daemon)
+    finally:
+        await daemon.close()
+        await asyncio.to_thread(broker.stop)
+    gap = json.loads(late.payload)
+    assert started_ns <= since_ns <= killed_ns
+    assert ns_of(gap["start"]) == since_ns  # the first failure of the killed run
+    assert ns_of(gap["end"]) >= killed_ns
+    assert "Connection refused" in gap["cause"], gap
+    assert open_outage_since(spool, "mqtt") is None  # closed with its gap

@@ -8,11 +8,12 @@ from controller.cancel import cancel_and_wait
 
 
 async def test_a_swallowed_cancellation_is_repeated_until_the_task_ends() -> None:
-    release = asyncio.Event()
+    release, waiting = asyncio.Event(), asyncio.Event()
     swallowed = 0
 
     async def stubborn() -> None:
         nonlocal swallowed
+        waiting.set()
         try:
             await release.wait()
         except asyncio.CancelledError:
@@ -20,7 +21,7 @@ async def test_a_swallowed_cancellation_is_repeated_until_the_task_ends() -> Non
         await release.wait()  # ... and the task goes on waiting: one cancel() never ends it
 
     task = asyncio.create_task(stubborn())
-    await asyncio.sleep(0)  # let it start waiting
+    await waiting.wait()
     await asyncio.wait_for(cancel_and_wait(task, every_s=0.01), timeout=10)
     assert task.cancelled() and swallowed == 1
     assert not release.is_set()

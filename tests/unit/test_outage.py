@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from controller.sinks.outage import Outage
 from controller.spool_budget import Gap
+from controller.spool_outages import OpenOutage
 
 
 def test_one_span_per_outage_with_the_last_reason() -> None:
@@ -24,3 +25,45 @@ def test_one_span_per_outage_with_the_last_reason() -> None:
     now[0] = 500
     outage.delivered()
     assert [(g.start_ns, g.end_ns) for g in gaps] == [(100, 400), (400, 500)]
+
+
+class Memory:
+    """The spool's two outage methods, in a dict (what a restart reads back)."""
+
+    def __init__(self) -> None:
+        self.spans: dict[str, OpenOutage] = {}
+
+    def open_outage(self, sink: str) -> OpenOutage | None:
+        return self.spans.get(sink)
+
+    def set_outage(self, sink: str, span: OpenOutage | None) -> None:
+        if span is None:
+            self.spans.pop(sink, None)
+        else:
+            self.spans[sink] = span
+
+
+def test_a_span_open_at_a_restart_is_reported_from_its_first_failure() -> None:
+    """The daemon died during the outage: the next run's first delivery closes the span
+    that began before the restart, with the reason saved then."""
+    memory, now, gaps = Memory(), [100], []
+    first = Outage(
+        "MQTT broker", ("inc-1",), gaps.append, lambda: now[0], memory=memory, key="mqtt"
+    )
+    first.failed("connection refused")
+    assert memory.spans == {"mqtt": OpenOutage(100, "connection refused")}
+    now[0] = 700  # killed; started again
+    second = Outage(
+        "MQTT broker", ("inc-1",), gaps.append, lambda: now[0], memory=memory, key="mqtt"
+    )
+    second.delivered()
+    assert gaps == [
+        Gap(
+            100,
+            700,
+            "MQTT broker unreachable, delivered late: connection refused",
+            ("inc-1",),
+            0,
+        )
+    ]
+    assert memory.spans == {}  # closed with its gap

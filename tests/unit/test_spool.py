@@ -24,6 +24,7 @@ from controller.spool_budget import (
 )
 from controller.spool_codec import decode, encode, layout_of
 from controller.spool_events import Event
+from controller.spool_outages import OpenOutage
 from drivers.sample import Quality, Sample, Scan
 
 BIG = 1 << 30
@@ -724,3 +725,27 @@ def test_fast_pack_equals_the_general_encoder_and_round_trips() -> None:
                 scan.samples, int(scan.backfill), samples[0].t_receive_ns
             )
         assert decode("d", base, layout, blob) == scan
+
+
+def test_an_open_outage_survives_a_crash_and_closes_with_its_gap(path: Path) -> None:
+    """Opened: on disk with the next commit. Closed: the row goes in the gap's transaction."""
+    s = Spool(path, budget_bytes=BIG)
+    s.cursor("mqtt")
+    with pytest.raises(KeyError, match="no cursor 'influx'"):
+        s.set_outage("influx", OpenOutage(100, "a sink that does not exist"))
+    s.set_outage("mqtt", OpenOutage(100, "connection refused"))
+    s.set_outage("mqtt", OpenOutage(100, "connection refused"))  # unchanged: nothing to do
+    s.commit()
+    s._db.close()  # the process dies during the outage
+    s._lock.close()
+    with Spool(path, budget_bytes=BIG) as again:
+        again.cursor("mqtt")
+        assert again.open_outage("mqtt") == OpenOutage(100, "connection refused")
+        assert again.open_outage("influx") is None
+        again.record_gap(Gap(100, 900, "MQTT broker unreachable, delivered late", ("d",), 0))
+        again.set_outage("mqtt", None)
+        assert again.open_outage("mqtt") is None
+        again.commit()
+        assert [g.cause for g in again.gaps()] == ["MQTT broker unreachable, delivered late"]
+    with Spool(path, budget_bytes=BIG) as third:
+        assert third.open_outage("mqtt") is None
