@@ -286,6 +286,7 @@ SYSTEM_TAGS = (
     RoomTag("spool_buffered", "scans"),  # appended, not yet committed (disk failing?)
     RoomTag("sink_lag_max", "scans"),  # the furthest-behind sink
     RoomTag("stuck", "count"),  # components the watchdog sees overdue
+    RoomTag("state_disk_free", "fraction"),  # of the state dir's file system (disk_free.py)
 )
 BUILT_IN = (
     AlarmConfig(
@@ -305,5 +306,15 @@ BUILT_IN = (
         limit=0.5,
         priority="critical",
         message="a poller, loop group or sink has stopped making progress (watchdog)",
+    ),
+    AlarmConfig(
+        id="cellfab.disk_free",
+        tag=f"{SYSTEM}.state_disk_free",
+        kind="low",
+        limit=0.1,
+        deadband=0.02,
+        priority="high",
+        message="less than 10 % free on the state directory's disk: the audit trail, batch "
+        "archives and alarm states have no budget of their own and fail when it is full",
     ),
 )

@@ -39,6 +39,7 @@ from controller.command_service import audit_event
 from controller.config import SiteConfig
 from controller.control_plane import ControlPlane, has_controls
 from controller.device_gaps import DeviceGaps
+from controller.disk_free import disk_free
 from controller.health import payload as health_payload
 from controller.health import publish_health
 from controller.hub import Hub
@@ -292,9 +293,10 @@ class Daemon:
                 float(max(lags, default=0)),
                 float(len(self.liveness.overdue())),
             )
-            samples = tuple(
-                Sample.good(t.tag, v, t.unit, t_ns)
-                for t, v in zip(SYSTEM_TAGS, values, strict=True)
+            counters = zip(SYSTEM_TAGS[:-1], values, strict=True)  # the last is the disk's
+            samples = (
+                *(Sample.good(t.tag, v, t.unit, t_ns) for t, v in counters),
+                disk_free(self.cfg.state.dir, t_ns),
             )
             self.hub.publish(Scan(SYSTEM, t_ns, samples))
             with contextlib.suppress(TimeoutError):

@@ -277,6 +277,20 @@ async def test_retained_alarm_survives_a_subscriber_reconnect(floor: Floor) -> N
     assert {m.topic.rsplit("/", 1)[1] for m in got} == set(floor.daemon.alarms.engine.ids)  # type: ignore[union-attr]
 
 
+async def test_the_state_disk_is_recorded_and_alarmed(floor: Floor) -> None:
+    """The daemon's own stream carries the state directory's free fraction, and the
+    built-in `cellfab.disk_free` alarm (low, 10 %) is retained in its normal state."""
+    prefix = floor.prefix
+    topics = [f"{prefix}/telemetry/cellfab", f"{prefix}/alarms/cellfab.disk_free"]
+    async with MqttCollector(HOST, floor.broker.port, f"{prefix}/#") as mqtt:
+        alarm = await mqtt.wait_for(lambda m: m.topic == topics[1], timeout_s=10)
+        own = await mqtt.wait_for(lambda m: m.topic == topics[0], timeout_s=20)
+    assert alarm.retain and alarm.json()["state"] == "normal", alarm.json()
+    assert alarm.json()["priority"] == "high"
+    assert 0.0 < own.json()["values"]["state_disk_free"] <= 1.0
+    assert own.json()["quality"]["state_disk_free"] == "good"
+
+
 async def test_door_opening_rides_through_the_dp_delay(floor: Floor) -> None:
     """room-b's short openings never alarm; room-c's long opening alarms after the delay."""
     dp_b = "dp.room-b.corridor.action"
