@@ -201,14 +201,13 @@ class Daemon:
             self.commands.record_event = self.journal.record_event
         self.trail: AuditTrail | None = None
         self.sinks: dict[str, Sink] = {}
-        outages = self.journal  # a sink's open outage span survives a restart in the spool
         if cfg.influx.url:
             self.sinks["influx"] = InfluxSink(
                 cfg,
                 self.journal.cursor("influx"),
                 liveness=self.liveness,
                 on_outage=self._record_gap,
-                outages=outages,
+                outages=self.journal,  # an open outage span outlives a restart
             )
         if cfg.mqtt.url:
             self.sinks["mqtt"] = MqttSink(
@@ -218,7 +217,7 @@ class Daemon:
                 commands=self.commands,
                 liveness=self.liveness,
                 on_outage=self._record_gap,
-                outages=outages,
+                outages=self.journal,  # an open outage span outlives a restart
             )
         self.ready = asyncio.Event()
         self.reloaded = asyncio.Event()  # set after each reload attempt (tests await it)

@@ -2,10 +2,9 @@
 
 Scans start at phase + k·period on the monotonic clock, so they do not drift with the time
 a read takes, and devices given different phases do not all start their scans in the same
-millisecond (see `scan_phase_s`). A scan that
-overran skips the missed slots (counted) instead of bursting to catch up (less than half a
-period behind, it starts at once). Stopping is cooperative: a scan in progress completes,
-so no half scan is lost.
+millisecond (see `scan_phase_s`). A scan that overran skips the missed slots (counted)
+instead of bursting to catch up (less than half a period behind, it starts at once).
+Stopping is cooperative: a scan in progress completes, so no half scan is lost.
 """
 
 from __future__ import annotations

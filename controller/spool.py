@@ -323,8 +323,6 @@ class Spool:
 
     def open_outage(self, sink: str) -> OpenOutage | None:
         """The span `sink` had open at the last commit (or set since), if any."""
-        if sink in self._pending_outages:
-            return self._pending_outages[sink]
         return self._outages.get(sink)
 
     def set_outage(self, sink: str, span: OpenOutage | None) -> None:
