@@ -99,10 +99,12 @@ async def run_ours(cfg: SiteConfig, seconds: float) -> tuple[float, int, list[fl
     await asyncio.sleep(0.5)
     for poller in daemon.pollers:
         poller.stats.lateness_s.clear()
-    scans0, cpu0 = daemon.hub.scans, cpu_now()
+    # the pollers' scans: the hub also counts the daemon's own stream (a scan every 2 s),
+    # which at N = 1 would add half as many samples again
+    scans0, cpu0 = sum(p.stats.scans for p in daemon.pollers), cpu_now()
     await asyncio.sleep(seconds)
     cpu = cpu_now() - cpu0
-    scans = daemon.hub.scans - scans0
+    scans = sum(p.stats.scans for p in daemon.pollers) - scans0
     lateness = [x for p in daemon.pollers for x in p.stats.lateness_s]
     bad = sum(int(q) != 0 for q in daemon.store.quality)
     skipped = sum(p.stats.skipped for p in daemon.pollers)
