@@ -12,7 +12,6 @@ Every transition goes out three ways: the alarm's retained snapshot on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -31,6 +30,7 @@ from controller.alarms import (
     HealthTracker,
     persist,
 )
+from controller.cancel import sleep_unless_set
 from controller.cleanroom.annex1 import State
 from controller.cleanroom.rooms import CleanroomConfig, LimitRule, link_rules, room_rules
 from controller.command_actions import AlarmAction, RoomState
@@ -163,8 +163,7 @@ class AlarmService:
         self.start()
         while not stop.is_set():
             self.tick(time.monotonic(), utc_now_ns())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), period_s)
+            await sleep_unless_set(stop, period_s)
 
     def rebind(self, store: TagStore) -> None:
         """Read from a new tag store (a config reload that left the alarms as they were)."""

@@ -1,15 +1,16 @@
-"""Stopping a task for sure on Python 3.11, where one `cancel()` can be lost.
+"""Cancellation that holds on Python 3.11, where one `cancel()` can be lost.
 
 `asyncio.wait_for` in 3.11 swallows a cancellation that arrives in the loop iteration in
 which its result does (CPython gh-86296, fixed in 3.12). aiomqtt waits for every PUBACK
 that way, so a sink task cancelled just as an acknowledgement landed kept running and the
 daemon never finished its shutdown (tests/integration/test_no_loss_mqtt.py, one run in
-eight on uvloop).
+eight on uvloop). Our own timed waits use `asyncio.timeout`, which has no such window.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 
@@ -18,3 +19,10 @@ async def cancel_and_wait(task: asyncio.Task[Any], every_s: float = 0.5) -> None
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=every_s)
+
+
+async def sleep_unless_set(event: asyncio.Event, seconds: float) -> None:
+    """Wait up to `seconds` (none if negative), returning early once `event` is set."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from controller.cancel import sleep_unless_set
 from controller.sinks.mqtt import iso_utc
 from drivers.sample import Quality
 
@@ -131,5 +132,4 @@ async def publish_health(
             post(payload(snapshot(daemon, clock_ns())))
         except (ValueError, TypeError, KeyError) as exc:  # a bug here must not stop polling
             log.error("health snapshot failed: %r", exc)  # noqa: TRY400
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), period_s)
+        await sleep_unless_set(stop, period_s)

@@ -10,7 +10,6 @@ the output BAD with the reason) and logged on the transition; the next tick writ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -20,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from controller.cancel import sleep_unless_set
 from controller.loops_config import LoopConfig, LoopGroupConfig, split
 from controller.pid import AUTO, HOLD, MANUAL, SAFE, PidTerms, set_mode, update
 from controller.pid_settings import build
@@ -197,8 +197,7 @@ class LoopGroup:
                 behind = time.monotonic() - due
                 if behind > 0:  # overran: skip the missed slots rather than burst
                     due += math.ceil(behind / period) * period
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), due - time.monotonic())
+                await sleep_unless_set(stop, due - time.monotonic())
         finally:
             heart.idle()
             await self.release()
@@ -298,7 +297,8 @@ async def write_tag(
     error = "not attempted"
     for _ in range(retries + 1):
         try:
-            await asyncio.wait_for(writer.write(tag, value), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: controller/cancel.py
+                await writer.write(tag, value)
         except ValueError as exc:  # refused by us: retrying cannot help
             return str(exc)
         except TimeoutError:

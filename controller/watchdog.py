@@ -13,13 +13,13 @@ systemd kills and restarts the service (`WatchdogSec=`, `Restart=on-failure`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable
 
 from controller import sdnotify
+from controller.cancel import sleep_unless_set
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ async def feed(liveness: Liveness, interval_s: float, stop: asyncio.Event) -> No
         if not late:
             sdnotify.notify("WATCHDOG=1")
         stuck = late
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
+        await sleep_unless_set(stop, interval_s)
 
 
 class Heart:
