@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import re
 import signal
@@ -16,7 +17,7 @@ import sqlite3
 import sys
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -392,75 +393,66 @@ class DupAwareCollector(MqttCollector):
         )
 
 
-def committed_seq(spool_path: Path) -> int:
-    """The last seq the daemon committed to its spool (read-only: WAL lets us read along)."""
+def _spool_row(spool_path: Path, sql: str, params: tuple[object, ...] = ()) -> Any:
+    """The first row of a query on the daemon's spool (read-only: WAL lets us read along)."""
     db = sqlite3.connect(f"file:{spool_path}?mode=ro", uri=True, timeout=5)
     try:
-        row = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+        return db.execute(sql, params).fetchone()
     finally:
         db.close()
+
+
+def committed_seq(spool_path: Path) -> int:
+    """The last seq the daemon committed to its spool."""
+    row = _spool_row(spool_path, "SELECT value FROM meta WHERE key = 'last_seq'")
     return int(row[0]) if row else 0
 
 
 def committed_events(spool_path: Path, kind: str, since_ns: int) -> int:
     """How many `kind` events from `since_ns` on the spool holds (committed, not yet retired)."""
-    db = sqlite3.connect(f"file:{spool_path}?mode=ro", uri=True, timeout=5)
-    try:
-        sql = "SELECT count(*) FROM events WHERE kind = ? AND t_ns >= ?"
-        (count,) = db.execute(sql, (kind, since_ns)).fetchone()
-    finally:
-        db.close()
-    return int(count)
+    sql = "SELECT count(*) FROM events WHERE kind = ? AND t_ns >= ?"
+    return int(_spool_row(spool_path, sql, (kind, since_ns))[0])
 
 
 def persisted_ack(spool_path: Path, cursor: str) -> int:
     """Up to which seq the spool has `cursor`'s ack on disk."""
-    db = sqlite3.connect(f"file:{spool_path}?mode=ro", uri=True, timeout=5)
-    try:
-        row = db.execute("SELECT acked FROM cursors WHERE name = ?", (cursor,)).fetchone()
-    finally:
-        db.close()
+    row = _spool_row(spool_path, "SELECT acked FROM cursors WHERE name = ?", (cursor,))
     return int(row[0]) if row else 0
 
 
 def open_outage_since(spool_path: Path, sink: str) -> int | None:
     """When `sink`'s open outage began, as the spool has it on disk (None: none open)."""
-    db = sqlite3.connect(f"file:{spool_path}?mode=ro", uri=True, timeout=5)
-    try:
-        sql = "SELECT outage_since_ns FROM cursors WHERE name = ?"
-        row = db.execute(sql, (sink,)).fetchone()
-    except sqlite3.OperationalError:  # no cursors table before the spool's first open
-        row = None
-    finally:
-        db.close()
+    sql = "SELECT outage_since_ns FROM cursors WHERE name = ?"
+    row = _spool_row(spool_path, sql, (sink,))
     return int(row[0]) if row and row[0] is not None else None
+
+
+async def _poll_spool(
+    read: Callable[[], Any], done: Callable[[Any], bool], timeout_s: float
+) -> Any:
+    """`read()` in a thread (the collectors keep the loop) until `done(value)`; the value."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            value = await asyncio.to_thread(read)
+            if done(value):
+                return value
+            await asyncio.sleep(0.05)  # poll cadence: a file offers nothing to await
 
 
 async def wait_open_outage(spool_path: Path, sink: str, timeout_s: float = 30.0) -> int:
     """Return `sink`'s outage start once the daemon has committed it."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            since = await asyncio.to_thread(open_outage_since, spool_path, sink)
-            if since is not None:
-                return since
-            await asyncio.sleep(0.05)  # poll cadence: a file offers nothing to await
+    read = functools.partial(open_outage_since, spool_path, sink)
+    return int(await _poll_spool(read, lambda since: since is not None, timeout_s))
 
 
 async def wait_committed(spool_path: Path, above: int, timeout_s: float = 30.0) -> int:
     """Return once the daemon has committed a seq above `above` (scans it took meanwhile,
     when nothing else can show them: its broker is down)."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            seq = await asyncio.to_thread(committed_seq, spool_path)
-            if seq > above:
-                return seq
-            await asyncio.sleep(0.05)  # poll cadence: a file offers nothing to await
+    read = functools.partial(committed_seq, spool_path)
+    return int(await _poll_spool(read, lambda seq: seq > above, timeout_s))
 
 
 async def wait_events(spool_path: Path, kind: str, since_ns: int, timeout_s: float = 30.0) -> None:
     """Return once the daemon has committed a `kind` event from `since_ns` on."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if await asyncio.to_thread(committed_events, spool_path, kind, since_ns):
-                return
-            await asyncio.sleep(0.05)  # poll cadence: a file offers nothing to await
+    read = functools.partial(committed_events, spool_path, kind, since_ns)
+    await _poll_spool(read, lambda count: count > 0, timeout_s)
