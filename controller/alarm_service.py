@@ -30,7 +30,7 @@ from controller.alarms import (
     HealthTracker,
     persist,
 )
-from controller.cancel import sleep_unless_set
+from controller.cancel import wait_at_most
 from controller.cleanroom.annex1 import State
 from controller.cleanroom.rooms import CleanroomConfig, LimitRule, link_rules, room_rules
 from controller.command_actions import AlarmAction, RoomState
@@ -163,7 +163,7 @@ class AlarmService:
         self.start()
         while not stop.is_set():
             self.tick(time.monotonic(), utc_now_ns())
-            await sleep_unless_set(stop, period_s)
+            await wait_at_most(stop.wait(), period_s)
 
     def rebind(self, store: TagStore) -> None:
         """Read from a new tag store (a config reload that left the alarms as they were)."""

@@ -35,7 +35,7 @@ from controller.alarms import AlarmEvent
 from controller.audit import AuditTrail, trail_path
 from controller.batch_archive import ArchiveWriteError, BatchArchive, archive_path
 from controller.batches import BatchRegistry
-from controller.cancel import sleep_unless_set
+from controller.cancel import wait_at_most
 from controller.command_service import audit_event
 from controller.config import SiteConfig
 from controller.control_plane import ControlPlane, has_controls
@@ -275,7 +275,7 @@ class Daemon:
                 failing = False
             if stopping:
                 return
-            await sleep_unless_set(stop, 1.0)
+            await wait_at_most(stop.wait(), 1.0)
 
     async def _record_self(self, stop: asyncio.Event, period_s: float = 2.0) -> None:
         """The daemon's own health as the `cellfab` stream, so it is recorded and alarmed;
@@ -298,7 +298,7 @@ class Daemon:
                 disk_free(self.cfg.state.dir, t_ns),
             )
             self.hub.publish(Scan(SYSTEM, t_ns, samples))
-            await sleep_unless_set(stop, period_s)
+            await wait_at_most(stop.wait(), period_s)
         gaps.close_all(utc_now_ns())
 
     def _record_gap(self, gap: Gap) -> None:
@@ -316,7 +316,7 @@ class Daemon:
         """ISA-18.2 / EEMUA 191 health: retained on `<prefix>/alarm_health`, and an event."""
         period = self.cfg.alarm_engine.health_period_s
         while True:
-            await sleep_unless_set(stop, period)
+            await wait_at_most(stop.wait(), period)
             if stop.is_set():
                 return
             t_ns = utc_now_ns()

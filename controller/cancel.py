@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from typing import Any
 
 
@@ -21,8 +22,8 @@ async def cancel_and_wait(task: asyncio.Task[Any], every_s: float = 0.5) -> None
         await asyncio.wait({task}, timeout=every_s)
 
 
-async def sleep_unless_set(event: asyncio.Event, seconds: float) -> None:
-    """Wait up to `seconds` (none if negative), returning early once `event` is set."""
+async def wait_at_most(waited: Awaitable[Any], seconds: float) -> None:
+    """Await `waited` for up to `seconds` (none if negative); at the limit it is cancelled."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
-            await event.wait()
+            await waited

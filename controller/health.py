@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from controller.cancel import sleep_unless_set
+from controller.cancel import wait_at_most
 from controller.sinks.mqtt import iso_utc
 from drivers.sample import Quality
 
@@ -132,4 +132,4 @@ async def publish_health(
             post(payload(snapshot(daemon, clock_ns())))
         except (ValueError, TypeError, KeyError) as exc:  # a bug here must not stop polling
             log.error("health snapshot failed: %r", exc)  # noqa: TRY400
-        await sleep_unless_set(stop, period_s)
+        await wait_at_most(stop.wait(), period_s)

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from controller.cancel import sleep_unless_set
+from controller.cancel import wait_at_most
 from controller.loops_config import LoopConfig, LoopGroupConfig, split
 from controller.pid import AUTO, HOLD, MANUAL, SAFE, PidTerms, set_mode, update
 from controller.pid_settings import build
@@ -197,7 +197,7 @@ class LoopGroup:
                 behind = time.monotonic() - due
                 if behind > 0:  # overran: skip the missed slots rather than burst
                     due += math.ceil(behind / period) * period
-                await sleep_unless_set(stop, due - time.monotonic())
+                await wait_at_most(stop.wait(), due - time.monotonic())
         finally:
             heart.idle()
             await self.release()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Literal, NamedTuple
 
 from controller import spool_outages
+from controller.cancel import wait_at_most
 from controller.spool_budget import (
     ROW_OVERHEAD,
     Budget,
@@ -393,9 +394,7 @@ class Spool:
     async def _checkpoints(self, interval_s: float) -> None:
         done = self.commits
         while not self._closed:
-            with contextlib.suppress(TimeoutError):  # not wait_for: see controller/cancel.py
-                async with asyncio.timeout(interval_s):
-                    await self._closing.wait()
+            await wait_at_most(self._closing.wait(), interval_s)
             if self.commits != done:
                 done = self.commits
                 await self.checkpoint()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from controller import sdnotify
-from controller.cancel import sleep_unless_set
+from controller.cancel import wait_at_most
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ async def feed(liveness: Liveness, interval_s: float, stop: asyncio.Event) -> No
         if not late:
             sdnotify.notify("WATCHDOG=1")
         stuck = late
-        await sleep_unless_set(stop, interval_s)
+        await wait_at_most(stop.wait(), interval_s)
 
 
 class Heart:

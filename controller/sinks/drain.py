@@ -6,11 +6,10 @@ retry or a reconnect are cut short by that deadline so shutdown never hangs on a
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import time
 
+from controller.cancel import wait_at_most
 from controller.stream import StreamCursor as Cursor
 
 
@@ -35,7 +34,5 @@ class DrainDeadline:
             left = min(end, self._until or math.inf) - time.monotonic()
             if left <= 0:
                 return True
-            with contextlib.suppress(TimeoutError):  # not wait_for: see controller/cancel.py
-                async with asyncio.timeout(left):
-                    await self._cursor.changed()  # a close starts the clock
+            await wait_at_most(self._cursor.changed(), left)  # a close starts the clock
         return False

@@ -23,6 +23,7 @@ from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.client.write_api_async import WriteApiAsync
 from influxdb_client.domain.write_precision import WritePrecision
 
+from controller.cancel import wait_at_most
 from controller.config import SiteConfig
 from controller.lineproto import LineFormatter, event_line, gap_lines
 from controller.sinks.drain import DrainDeadline
@@ -184,9 +185,7 @@ class InfluxSink:
             left = end - time.monotonic()
             if left <= 0:
                 return
-            with contextlib.suppress(TimeoutError):  # not wait_for: see controller/cancel.py
-                async with asyncio.timeout(left):
-                    await self._cursor.changed()
+            await wait_at_most(self._cursor.changed(), left)
 
     async def _deliver(self, api: WriteApiAsync) -> bool:
         """Write the pending batch until accepted or refused; False at the drain deadline."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from controller.cancel import cancel_and_wait, sleep_unless_set
+from controller.cancel import cancel_and_wait, wait_at_most
 
 
 async def test_a_swallowed_cancellation_is_repeated_until_the_task_ends() -> None:
@@ -37,19 +37,19 @@ async def test_a_finished_task_is_left_alone() -> None:
     assert task.result() == 7
 
 
-async def test_sleep_unless_set_returns_when_set_and_on_a_past_deadline() -> None:
+async def test_wait_at_most_returns_when_done_and_on_a_past_deadline() -> None:
     event = asyncio.Event()
-    await asyncio.wait_for(sleep_unless_set(event, -1.0), timeout=10)  # nothing to wait for
+    await asyncio.wait_for(wait_at_most(event.wait(), -1.0), timeout=10)  # nothing to wait for
     event.set()
-    await asyncio.wait_for(sleep_unless_set(event, 3600.0), timeout=10)
+    await asyncio.wait_for(wait_at_most(event.wait(), 3600.0), timeout=10)
 
 
-async def test_sleep_unless_set_keeps_a_cancel_that_lands_with_the_event() -> None:
+async def test_wait_at_most_keeps_a_cancel_that_lands_with_the_event() -> None:
     """Cancelled 0–3 loop iterations after its event fired, the wait ends cancelled whenever
     `cancel()` was accepted. (3.11's `wait_for` returned normally one iteration after.)"""
     for iterations in range(4):
         stop = asyncio.Event()
-        task = asyncio.create_task(sleep_unless_set(stop, 3600.0))
+        task = asyncio.create_task(wait_at_most(stop.wait(), 3600.0))
         await asyncio.sleep(0)  # one loop iteration: the task is now waiting on the event
         stop.set()
         for _ in range(iterations):
