@@ -16,7 +16,6 @@ import gc
 import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -55,6 +54,7 @@ from controller.spool import Spool
 from controller.spool_budget import Gap, budget_hours_to_bytes, mean_scan_bytes
 from controller.spool_events import JSON, Event
 from controller.tagstore import TagStore
+from controller.version import cellfab_version
 from controller.watchdog import Liveness, feed, watchdog_interval_s
 from drivers.base import Driver
 from drivers.registry import AnyDeviceConfig, make_driver
@@ -70,11 +70,6 @@ class Sink(Protocol):
     async def run(self) -> None: ...
 
     def add_streams(self, cfg: SiteConfig) -> None: ...
-
-
-def cellfab_version() -> str:
-    """The installed distribution's version (stamped on status messages)."""
-    return version("cellfab")
 
 
 @dataclass(frozen=True)

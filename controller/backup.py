@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import importlib.metadata
 import os
 import socket
 import sys
@@ -49,6 +48,7 @@ from controller.backup_manifest import (
 )
 from controller.config import SiteConfig
 from controller.configload import ENV_OVERRIDES, ConfigError, load_site
+from controller.version import cellfab_version
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -85,7 +85,7 @@ def backup(
     fsync_dir(dest / "state")
     fsync_dir(dest)
     manifest = Manifest(
-        cellfab_version=_version(),
+        cellfab_version=cellfab_version(),
         created_utc=datetime.now(UTC).isoformat(),
         host=socket.gethostname(),
         site_file=str(site_file.resolve()),
@@ -322,13 +322,6 @@ def _make_empty_dir(path: Path, what: str) -> None:
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     if any(path.iterdir()):
         raise BackupError(f"{what} {path} is not empty: give a new or empty dir")
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("cellfab")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 # --- command line -------------------------------------------------------------------------

@@ -8,12 +8,9 @@ the same inputs give the same report, byte for byte (docs/batch-record.md).
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -21,164 +18,20 @@ import numpy as np
 from controller import batches
 from controller.audit import read_lines, trail_path
 from controller.audit_chain import verify_trail
-from controller.batch_archive import BatchArchive, Event, Series, archive_path
+from controller.batch_archive import BatchArchive, Event
+from controller.batch_stats import (
+    NS,
+    Gap,
+    ParamStats,
+    Range,
+    as_arrays,
+    merge_gaps,
+    missing_spans,
+    nominal_period_s,
+    parameter_stats,
+)
 from controller.config import SiteConfig
-from drivers.sample import Quality
-
-Range = tuple[float | None, float | None]
-NS = 1_000_000_000
-
-
-GAP_FACTOR = 3  # samples further apart than 3 nominal periods: data are missing
-PLOT_COLUMNS = 600  # min/max envelope per column of the HTML plots
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]  # t, value, quality, why
-
-
-@dataclass(frozen=True)
-class Gap:
-    """A span without usable data: recorded by the daemon, or found in the samples."""
-
-    start_ns: int
-    end_ns: int
-    cause: str
-    affected: tuple[str, ...]
-    source: str  # "recorded" (an archive event), "samples" (none arrived), "quality" (BAD)
-
-    @property
-    def duration_s(self) -> float:
-        """Length of the span in seconds."""
-        return (self.end_ns - self.start_ns) / NS
-
-
-@dataclass(frozen=True)
-class ParamStats:
-    """One parameter (stream.tag) over the batch; times in seconds, sample-and-hold weights."""
-
-    stream: str
-    tag: str
-    unit: str
-    count: int  # samples, any quality
-    values: int  # samples with a value (GOOD or UNCERTAIN)
-    min: float | None
-    max: float | None
-    mean: float | None  # time-weighted over samples with a value
-    mean_samples: float | None  # plain mean of the same samples
-    low: float | None
-    high: float | None
-    out_of_range_s: float
-    bad_s: float
-    uncertain_s: float
-    period_s: float
-    t_first_ns: int
-    t_last_ns: int
-    envelope: tuple[tuple[int, float, float], ...]  # (column, min, max) for the plot
-    bad_spans: tuple[Gap, ...]
-
-    @property
-    def name(self) -> str:
-        """`stream.tag`, the key of `ranges`."""
-        return f"{self.stream}.{self.tag}"
-
-
-def as_arrays(rows: Iterable[tuple[int, float | None, int, str | None]]) -> Arrays:
-    """Archive rows as numpy columns; a missing value becomes NaN."""
-    data = list(rows)
-    t = np.fromiter((r[0] for r in data), dtype=np.int64, count=len(data))
-    v = np.fromiter((np.nan if r[1] is None else r[1] for r in data), np.float64, len(data))
-    q = np.fromiter((r[2] for r in data), dtype=np.int8, count=len(data))
-    return t, v, q, [r[3] for r in data]
-
-
-def nominal_period_s(t: np.ndarray) -> float:
-    """For a stream the site file does not name: the median time between its samples."""
-    return float(np.median(np.diff(t))) / NS if len(t) > 1 else 1.0
-
-
-def weights_ns(t: np.ndarray, period_ns: int) -> np.ndarray:
-    """Sample-and-hold: each sample holds until the next, unless that is a gap (then one
-    nominal period); the last one holds one period."""
-    dt = np.diff(t, append=t[-1] + period_ns) if len(t) else t
-    return np.where(dt <= GAP_FACTOR * period_ns, dt, period_ns)
-
-
-def parameter_stats(
-    series: Series, data: Arrays, limits: Range, period_s: float, window: tuple[int, int]
-) -> ParamStats:
-    """Count, min, max, means, time out of range and with bad / uncertain quality."""
-    t, v, q, _why = data
-    period_ns = round(period_s * NS)
-    w = weights_ns(t, period_ns)
-    has = ~np.isnan(v)
-    low, high = limits
-    out = np.zeros_like(has)
-    if low is not None:
-        out |= has & (v < low)
-    if high is not None:
-        out |= has & (v > high)
-    vals, wv = v[has], w[has]
-    tw = float(np.sum(vals * wv) / np.sum(wv)) if len(vals) and np.sum(wv) > 0 else None
-    return ParamStats(
-        series.stream, series.tag, series.unit, len(t), int(has.sum()),
-        float(vals.min()) if len(vals) else None, float(vals.max()) if len(vals) else None,
-        tw, float(vals.mean()) if len(vals) else None, low, high,
-        float(w[out].sum()) / NS, float(w[q == Quality.BAD].sum()) / NS,
-        float(w[q == Quality.UNCERTAIN].sum()) / NS, period_s,
-        int(t[0]) if len(t) else 0, int(t[-1]) if len(t) else 0,
-        envelope(t[has], vals, window), bad_spans(series, data, period_ns),
-    )  # fmt: skip
-
-
-def envelope(
-    t: np.ndarray, v: np.ndarray, window: tuple[int, int]
-) -> tuple[tuple[int, float, float], ...]:
-    """Min and max per plot column over the window (columns without data are left out)."""
-    lo, hi = window
-    col = np.clip((t - lo) * PLOT_COLUMNS // max(hi - lo, 1), 0, PLOT_COLUMNS - 1)
-    mins = np.full(PLOT_COLUMNS, np.inf)
-    maxs = np.full(PLOT_COLUMNS, -np.inf)
-    np.minimum.at(mins, col, v)
-    np.maximum.at(maxs, col, v)
-    return tuple((int(c), float(mins[c]), float(maxs[c])) for c in np.flatnonzero(mins <= maxs))
-
-
-def bad_spans(series: Series, data: Arrays, period_ns: int) -> tuple[Gap, ...]:
-    """Each run of BAD samples: from its first to the next sample (or one period)."""
-    t, _v, q, why = data
-    bad = np.concatenate(([False], q == Quality.BAD, [False]))
-    starts = np.flatnonzero(bad[1:] & ~bad[:-1])
-    ends = np.flatnonzero(~bad[1:] & bad[:-1])  # index after the run
-    name = f"{series.stream}.{series.tag}"
-    out = []
-    for i, j in zip(starts, ends, strict=True):
-        end = int(t[j]) if j < len(t) else int(t[j - 1]) + period_ns
-        reasons = sorted({r or "no reason" for r in why[i:j]})
-        out.append(Gap(int(t[i]), end, "BAD: " + "; ".join(reasons), (name,), "quality"))
-    return tuple(out)
-
-
-def missing_spans(
-    stream: str, t: np.ndarray, period_s: float, window: tuple[int, int]
-) -> list[Gap]:
-    """Spans longer than GAP_FACTOR periods without a sample of `stream` (sorted times)."""
-    limit = GAP_FACTOR * round(period_s * NS)
-    lo, hi = window
-    edges = np.concatenate(([lo], t, [hi]))
-    gaps = np.flatnonzero(np.diff(edges) > limit)
-    cause = "no samples recorded (daemon or poller not running)"
-    return [Gap(int(edges[i]), int(edges[i + 1]), cause, (stream,), "samples") for i in gaps]
-
-
-def merge_gaps(gaps: Iterable[Gap]) -> list[Gap]:
-    """Overlapping gaps of one cause and source become one, listing every affected name."""
-    out: list[Gap] = []
-    for g in sorted(gaps, key=lambda g: (g.source, g.cause, g.start_ns, g.end_ns)):
-        last = out[-1] if out else None
-        if last and (last.source, last.cause) == (g.source, g.cause) and g.start_ns <= last.end_ns:
-            names = tuple(sorted({*last.affected, *g.affected}))
-            out[-1] = Gap(last.start_ns, max(last.end_ns, g.end_ns), g.cause, names, g.source)
-        else:
-            out.append(g)
-    return sorted(out, key=lambda g: (g.start_ns, g.end_ns, g.source, g.cause))
+from controller.version import cellfab_version
 
 
 @dataclass(frozen=True)
@@ -461,14 +314,6 @@ def _header(
     )  # fmt: skip
 
 
-def cellfab_version() -> str:
-    """The installed distribution's version (an input of the report, not a clock)."""
-    try:
-        return version("cellfab")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def _ns(iso: str) -> int:
     return _dt_ns(datetime.fromisoformat(iso))
 
@@ -476,51 +321,3 @@ def _ns(iso: str) -> int:
 def _dt_ns(t: datetime) -> int:
     seconds = int(t.timestamp())
     return seconds * NS + t.microsecond * 1000
-
-
-# --- command line --------------------------------------------------------------------------
-
-EXIT_INVALID = 2
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The `report` sub-command."""
-    p = sub.add_parser(
-        "report",
-        help="write a batch's record (HTML, CSV, SHA256SUMS)",
-        description="Write the record of one batch from local data (batch archive, batch "
-        "history, audit trail) as report.html, report.csv and SHA256SUMS (docs/"
-        "batch-record.md). Exit 0 written, 1 written but the batch is unknown or the audit "
-        "chain is broken (the finding is at the top), 2 bad site file.",
-    )
-    p.add_argument("-c", "--config", type=Path, required=True, metavar="FILE")
-    p.add_argument("--batch", required=True, metavar="ID", help="the batch (lot) id")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="output folder (default: ./batch-<ID>)")  # fmt: skip
-    p.set_defaults(handler=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Handler of `cellfab report`."""
-    from controller.batch_report_html import write_report  # noqa: PLC0415
-    from controller.configload import ConfigError, load_site  # noqa: PLC0415
-
-    try:
-        cfg = load_site(args.config, read_secrets=False)
-    except ConfigError as exc:
-        print("\n".join(exc.errors), file=sys.stderr)
-        return EXIT_INVALID
-    state = cfg.state.dir
-    path = archive_path(state)
-    archive = BatchArchive(path, readonly=True) if path.exists() else None
-    try:
-        report = build_report(archive, state, cfg, args.batch)
-    finally:
-        if archive is not None:
-            archive.close()
-    out: Path = args.out or Path(f"batch-{args.batch}")
-    digest = write_report(report, out)
-    for line in report.failures:
-        print(f"cellfab report: {line}", file=sys.stderr)
-    print(f"{digest}  {out / 'report.html'}")
-    return 0 if report.ok else 1

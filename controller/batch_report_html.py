@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 
-from controller.batch_report import GAP_FACTOR, NS, PLOT_COLUMNS, Gap, ParamStats, Report
+from controller.batch_report import Report
+from controller.batch_stats import GAP_FACTOR, NS, PLOT_COLUMNS, Gap, ParamStats
 
 SUMS = "SHA256SUMS"
 X0, Y0, PLOT_H = 80, 10, 140  # plot area: left edge, top edge, height (px)

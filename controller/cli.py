@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from controller import backup, batch_report, cmd_cli, eventloop
+from controller import backup, cmd_cli, eventloop, report_cli
 from controller.configload import ConfigError, load_site
 from controller.logsetup import setup_logging
 
@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cmd_cli.add_parser(sub)
     backup.add_parsers(sub)
-    batch_report.add_parser(sub)
+    report_cli.add_parser(sub)
 
     demo = sub.add_parser(
         "demo",

@@ -15,9 +15,11 @@ import pytest
 
 from controller.audit import AuditTrail, trail_path
 from controller.batch_archive import BatchArchive, archive_path
-from controller.batch_report import NS, Report, add_parser, build_report
+from controller.batch_report import Report, build_report
 from controller.batch_report_html import render_csv, render_html, write_report
+from controller.batch_stats import NS
 from controller.config import SiteConfig
+from controller.report_cli import add_parser
 from drivers.sample import Sample, Scan
 
 START = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
