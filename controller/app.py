@@ -15,43 +15,42 @@ import functools
 import gc
 import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from controller import sdnotify
 from controller.access_config import UserKey, load_keys
 from controller.alarm_service import (
     BUILT_IN,
-    SYSTEM,
-    SYSTEM_TAGS,
     AlarmService,
-    RoomTag,
     cleanroom_alarms,
-    room_stream,
 )
 from controller.alarms import AlarmEvent
 from controller.audit import AuditTrail, trail_path
-from controller.batch_archive import ArchiveWriteError, BatchArchive, archive_path
+from controller.batch_archive import BatchArchive, archive_path
 from controller.batches import BatchRegistry
-from controller.cancel import wait_at_most
 from controller.command_service import audit_event
 from controller.config import SiteConfig
 from controller.control_plane import ControlPlane, has_controls
-from controller.device_gaps import DeviceGaps
-from controller.disk_free import disk_free
-from controller.health import payload as health_payload
+from controller.daemon_parts import (
+    ConfigSource,
+    DeviceRun,
+    Sink,
+    build_store,
+    open_spool,
+    units_of,
+    writers,
+)
 from controller.health import publish_health
 from controller.hub import Hub
-from controller.loops import LoopGroup, Writer, loop_tags
-from controller.loops_check import catalog
+from controller.loops import LoopGroup
 from controller.loops_config import split
 from controller.poller import Poller, scan_phase_s
 from controller.reload import ReloadRefused, diff
+from controller.self_watch import alarm_health, archive_commits, close_archive, record_self
 from controller.sinks.influx import InfluxSink
 from controller.sinks.mqtt import MqttSink
-from controller.spool import Spool
-from controller.spool_budget import Gap, budget_hours_to_bytes, mean_scan_bytes
+from controller.spool_budget import Gap
 from controller.spool_events import JSON, Event
 from controller.tagstore import TagStore
 from controller.version import cellfab_version
@@ -59,100 +58,9 @@ from controller.watchdog import Liveness, feed, watchdog_interval_s
 from drivers.base import Driver
 from drivers.registry import AnyDeviceConfig, make_driver
 from drivers.rtubus import RtuBus
-from drivers.sample import Sample, Scan, utc_now_ns
+from drivers.sample import utc_now_ns
 
 log = logging.getLogger(__name__)
-
-
-class Sink(Protocol):
-    """Forwards the journal to one destination until it is closed and drained."""
-
-    async def run(self) -> None: ...
-
-    def add_streams(self, cfg: SiteConfig) -> None: ...
-
-
-@dataclass(frozen=True)
-class ConfigSource:
-    """Where the running config came from: audited at load and reload."""
-
-    path: str
-    sha256: str
-
-
-@dataclass
-class DeviceRun:
-    """One device's driver and poller, and the stop that ends just this device."""
-
-    cfg: AnyDeviceConfig
-    driver: Driver
-    poller: Poller
-    stop: asyncio.Event
-    task: asyncio.Task[None] | None = None
-
-
-def _store(cfg: SiteConfig, devices: Mapping[str, DeviceRun], units: Mapping[str, str]) -> TagStore:
-    rooms = cfg.cleanroom.rooms if cfg.cleanroom else ()
-    return TagStore(
-        [
-            *((dev_id, run.driver.tags) for dev_id, run in devices.items()),
-            *((lp.id, loop_tags(units[lp.pv], units[lp.output])) for lp in cfg.loops),
-            *((room_stream(room.id), (RoomTag(),)) for room in rooms),
-            (SYSTEM, SYSTEM_TAGS),
-        ]
-    )
-
-
-def _writers(devices: Mapping[str, DeviceRun]) -> dict[str, Writer]:
-    return {
-        dev_id: run.driver  # type: ignore[misc]  # checked by hasattr: the drivers that write
-        for dev_id, run in devices.items()
-        if hasattr(run.driver, "write")
-    }
-
-
-def open_spool(cfg: SiteConfig) -> Spool:
-    """The site's spool in its state dir, with its disk budget (MB, or hours at our rate)."""
-    sp = cfg.spool
-    cfg.state.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if sp.budget_mb is not None:
-        budget = int(sp.budget_mb * 1_000_000)
-    else:
-        tags = catalog(cfg.devices)
-        rate = sum(1.0 / d.poll_period_s for d in cfg.devices)
-        rate += sum(
-            1.0 / g.period_s for g in cfg.loop_groups for lp in cfg.loops if lp.group == g.id
-        )
-        n_tags = max(1, round(len(tags) / max(1, len(cfg.devices))))
-        budget = budget_hours_to_bytes(rate, mean_scan_bytes(n_tags), sp.budget_hours or 24.0)
-    return Spool(
-        cfg.state.dir / "spool.sqlite",
-        budget_bytes=budget,
-        gmp_devices=sp.gmp_devices,
-        synchronous=sp.synchronous,
-        max_buffered_scans=sp.max_buffered_scans,
-        on_alarm=_spool_alarm,
-    )
-
-
-def _close_archive(archive: BatchArchive) -> None:
-    """Last commit (scans of the shutdown itself), then close."""
-    try:
-        archive.commit()
-    except ArchiveWriteError as exc:
-        log.error("batch archive: %d rows not written at shutdown: %s", archive.pending, exc)  # noqa: TRY400
-    archive.close()
-
-
-def _spool_alarm(active: bool, fraction: float) -> None:
-    if active:
-        log.error("spool at %.0f %% of its disk budget: a sink is down for long", fraction * 100)
-    else:
-        log.info("spool back to %.0f %% of its disk budget", fraction * 100)
-
-
-def _units(cfg: SiteConfig) -> dict[str, str]:
-    return {name: meta.unit for name, meta in catalog(cfg.devices).items()}
 
 
 class Daemon:
@@ -173,8 +81,8 @@ class Daemon:
         self.devices: dict[str, DeviceRun] = {
             dev.id: self._device(dev, cfg.devices) for dev in cfg.devices
         }
-        units = _units(cfg)
-        self.hub.store = _store(cfg, self.devices, units)
+        units = units_of(cfg)
+        self.hub.store = build_store(cfg, self.devices, units)
         self.hub.config_id = source.sha256[:12] if source else None
         self.controls = has_controls(cfg)
         self.batches = BatchRegistry(cfg.state.dir) if self.controls else None
@@ -187,7 +95,7 @@ class Daemon:
         self.control = ControlPlane(
             cfg,
             self.store,
-            _writers(self.devices),
+            writers(self.devices),
             units,
             keys or {},
             batches=self.batches,
@@ -202,7 +110,7 @@ class Daemon:
                 cfg,
                 self.journal.cursor("influx"),
                 liveness=self.liveness,
-                on_outage=self._record_gap,
+                on_outage=self.record_gap,
                 outages=self.journal,  # an open outage span outlives a restart
             )
         if cfg.mqtt.url:
@@ -212,7 +120,7 @@ class Daemon:
                 cellfab_version(),
                 commands=self.commands,
                 liveness=self.liveness,
-                on_outage=self._record_gap,
+                on_outage=self.record_gap,
                 outages=self.journal,  # an open outage span outlives a restart
             )
         self.ready = asyncio.Event()
@@ -253,50 +161,7 @@ class Daemon:
             if batch is not None:
                 self.archive.record_event(batch, event.t_ns, "alarm", stream, event.as_dict())
 
-    async def _archive_commits(self, archive: BatchArchive, stop: asyncio.Event) -> None:
-        """The batch archive's buffered rows, committed once a second in a worker thread."""
-        failing = False
-        while True:
-            stopping = stop.is_set()
-            try:
-                await asyncio.to_thread(archive.commit)
-            except ArchiveWriteError as exc:
-                if not failing:
-                    log.error("batch archive: %s; rows kept and retried", exc)  # noqa: TRY400
-                failing = True
-            else:
-                if failing:
-                    log.info("batch archive: writing again")
-                failing = False
-            if stopping:
-                return
-            await wait_at_most(stop.wait(), 1.0)
-
-    async def _record_self(self, stop: asyncio.Event, period_s: float = 2.0) -> None:
-        """The daemon's own health as the `cellfab` stream, so it is recorded and alarmed;
-        and devices that give no good reading at all, as gaps."""
-        sp = self.journal
-        gaps = DeviceGaps(self.devices, self._record_gap)
-        while not stop.is_set():
-            t_ns = utc_now_ns()
-            gaps.check(self.store, t_ns)
-            lags = [getattr(s, "lag", 0) for s in self.sinks.values()]
-            values = (
-                sp.usage_fraction,
-                float(sp.buffered),
-                float(max(lags, default=0)),
-                float(len(self.liveness.overdue())),
-            )
-            counters = zip(SYSTEM_TAGS[:-1], values, strict=True)  # the last is the disk's
-            samples = (
-                *(Sample.good(t.tag, v, t.unit, t_ns) for t, v in counters),
-                disk_free(self.cfg.state.dir, t_ns),
-            )
-            self.hub.publish(Scan(SYSTEM, t_ns, samples))
-            await wait_at_most(stop.wait(), period_s)
-        gaps.close_all(utc_now_ns())
-
-    def _record_gap(self, gap: Gap) -> None:
+    def record_gap(self, gap: Gap) -> None:
         """A gap onto the stream (InfluxDB, MQTT) and into the batch record of its devices."""
         self.journal.record_gap(gap)
         if self.archive is None:
@@ -306,19 +171,6 @@ class Daemon:
             if batch is not None:
                 body = {"start_ns": gap.start_ns, "end_ns": gap.end_ns, "cause": gap.cause}
                 self.archive.record_event(batch, gap.end_ns, "gap", device, body)
-
-    async def _alarm_health(self, service: AlarmService, stop: asyncio.Event) -> None:
-        """ISA-18.2 / EEMUA 191 health: retained on `<prefix>/alarm_health`, and an event."""
-        period = self.cfg.alarm_engine.health_period_s
-        while True:
-            await wait_at_most(stop.wait(), period)
-            if stop.is_set():
-                return
-            t_ns = utc_now_ns()
-            doc = service.health_doc(t_ns)
-            self._publish_state("alarm_health", health_payload(doc))
-            body = cast("dict[str, JSON]", {k: v for k, v in doc.items() if k != "ts"})
-            self.journal.record_event(Event(t_ns, "alarm_health", self.cfg.site.id, body))
 
     # --- views the CLI, demo, benches and tests use -----------------------------------
     @property
@@ -384,12 +236,24 @@ class Daemon:
                 for group in self.loop_groups:
                     self._start_group(group)
                 if self.archive is not None:
-                    stack.callback(_close_archive, self.archive)
-                    tg.create_task(self._archive_commits(self.archive, stop), name="archive")
+                    stack.callback(close_archive, self.archive)
+                    tg.create_task(archive_commits(self.archive, stop), name="archive")
                 period = self.cfg.alarm_engine.period_s
-                tg.create_task(self._record_self(stop), name="self")
+                tg.create_task(
+                    record_self(self, self.hub.publish, self.cfg.state.dir, stop), name="self"
+                )
                 tg.create_task(self.alarms.run(stop, period), name="alarms")
-                tg.create_task(self._alarm_health(self.alarms, stop), name="alarm-health")
+                tg.create_task(
+                    alarm_health(
+                        self.alarms,
+                        stop,
+                        publish_state=self._publish_state,
+                        record_event=self.journal.record_event,
+                        site=self.cfg.site.id,
+                        period_s=self.cfg.alarm_engine.health_period_s,
+                    ),
+                    name="alarm-health",
+                )
                 tg.create_task(self._announce_ready(), name="ready")
                 tg.create_task(self._reloads(stop), name="reload")
                 mqtt = self.sinks.get("mqtt")
@@ -417,7 +281,7 @@ class Daemon:
         if since is not None:
             now = utc_now_ns()
             devices = tuple(self.cfg.streams())  # every stream: devices, loops, rooms, cellfab
-            self._record_gap(Gap(since, now, "daemon down", devices))
+            self.record_gap(Gap(since, now, "daemon down", devices))
             log.warning("data gap: daemon was down for %.1f s", (now - since) / 1e9)
 
     def _device(self, cfg: AnyDeviceConfig, site_devices: Sequence[AnyDeviceConfig]) -> DeviceRun:
@@ -550,10 +414,10 @@ class Daemon:
         new_runs = {
             dev.id: runs.get(dev.id) or self._device(dev, new.devices) for dev in new.devices
         }
-        units = _units(new)
-        store = _store(new, new_runs, units)
+        units = units_of(new)
+        store = build_store(new, new_runs, units)
         # 1. the old loops stop; those that continue in the new config are not handed back
-        self.control.rebuild(new, store, _writers(new_runs), units, keys)
+        self.control.rebuild(new, store, writers(new_runs), units, keys)
         await self._stop_groups(old_groups)
         # 2. removed and changed devices finish their scan and close
         await self._stop_devices(going)

@@ -186,7 +186,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_INVALID
     from controller.access_config import KeyFileError, load_keys  # noqa: PLC0415
-    from controller.app import ConfigSource, Daemon  # noqa: PLC0415 — keeps `check` light
+    from controller.app import Daemon  # noqa: PLC0415 — keeps `check` light
+    from controller.daemon_parts import ConfigSource  # noqa: PLC0415
 
     try:
         keys = load_keys(cfg.users, args.config.parent)

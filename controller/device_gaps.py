@@ -46,6 +46,17 @@ class DeviceGaps:
                 self._open[device] = (self._last_good.get(device, now_ns), reason)
         return closed
 
+    def follow(self, devices: Iterable[str], now_ns: int) -> list[Gap]:
+        """The site's devices after a reload: added ones are watched from now on, and a
+        removed device's open gap ends now, when it left the config."""
+        self._devices = list(devices)
+        keep = set(self._devices)
+        self._last_good = {d: t for d, t in self._last_good.items() if d in keep}
+        gone = {d: span for d, span in self._open.items() if d not in keep}
+        for device in gone:
+            del self._open[device]
+        return [self._gap(d, start, now_ns, why) for d, (start, why) in gone.items()]
+
     def close_all(self, now_ns: int) -> list[Gap]:
         """At shutdown: every open gap ends now."""
         gaps = [self._gap(d, start, now_ns, why) for d, (start, why) in self._open.items()]

@@ -21,10 +21,11 @@ import pytest
 import pytest_asyncio
 
 from controller.access_config import load_keys
-from controller.app import ConfigSource, Daemon
+from controller.app import Daemon
 from controller.cmd_client import new_nonce, send_to_broker, sign_request
 from controller.config import SiteConfig
 from controller.configload import load_site_text
+from controller.daemon_parts import ConfigSource
 from tests.servers import (
     HOST,
     Mosquitto,

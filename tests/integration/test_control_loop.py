@@ -23,12 +23,13 @@ import pytest
 import pytest_asyncio
 
 from controller.access_config import UserKey, load_keys
-from controller.app import ConfigSource, Daemon
+from controller.app import Daemon
 from controller.audit import read_lines, trail_path
 from controller.audit_chain import verify_trail
 from controller.cmd_client import new_nonce, send_to_broker, sign_request
 from controller.config import SiteConfig
 from controller.configload import load_site_text
+from controller.daemon_parts import ConfigSource
 from simulators.runner import Simulation, serve_devices
 from tests.servers import HOST, Mosquitto, MqttCollector, free_port, require_binary
 

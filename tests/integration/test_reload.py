@@ -18,9 +18,12 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from controller.app import ConfigSource, Daemon
+from controller.alarm_service import SYSTEM
+from controller.app import Daemon
 from controller.audit import read_lines, trail_path
 from controller.configload import load_site
+from controller.daemon_parts import ConfigSource
+from drivers.sample import utc_now_ns
 from simulators.runner import serve_devices
 from tests.servers import HOST, Mosquitto, MqttCollector, free_port, require_binary
 
@@ -178,6 +181,56 @@ async def test_reload_adds_a_device_and_leaves_the_others_untouched(
     records = [ln.record for ln in read_lines(trail_path(tmp_path / "state")) if ln.record]
     assert [r.action for r in records] == ["config_load", "config_reload", "config_reload"]
     assert records[1].result == "accepted: devices +inc-2"
+
+
+async def self_report_after(daemon: Daemon, t_ns: int) -> None:
+    """Until the daemon's own stream (which also checks device gaps) reports after `t_ns`."""
+    async with asyncio.timeout(20):
+        while True:
+            sl = daemon.store.device_slice(SYSTEM)
+            if sl is not None and int(daemon.store.t_receive_ns[sl].max()) > t_ns:
+                return
+            await daemon.journal.changed()
+
+
+async def test_a_device_added_by_reload_is_watched_for_gaps_and_its_gap_ends_at_removal(
+    tmp_path: Path, broker: Mosquitto, sims: list[int]
+) -> None:
+    site = f"hup-{free_port()}"
+    path = tmp_path / "site.toml"
+    path.write_text(site_text(tmp_path, broker, sims[:1], site))
+    daemon = Daemon(load_site(path), source=ConfigSource(str(path), "0" * 64))
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    try:
+        async with asyncio.timeout(20):
+            await daemon.ready.wait()
+        dead = free_port()  # nothing listens: inc-2 never gives a good reading
+        path.write_text(site_text(tmp_path, broker, [sims[0], dead], site))
+        done = daemon.reloaded
+        daemon.request_reload()
+        await asyncio.wait_for(done.wait(), 20)
+        assert daemon.last_reload == "accepted: devices +inc-2"
+        async with asyncio.timeout(20):
+            while not daemon.devices["inc-2"].poller.stats.scans:
+                await daemon.journal.changed()
+        await self_report_after(daemon, utc_now_ns())  # inc-2's gap is open now
+        path.write_text(site_text(tmp_path, broker, sims[:1], site))
+        removing_ns = utc_now_ns()
+        done = daemon.reloaded
+        daemon.request_reload()
+        await asyncio.wait_for(done.wait(), 20)
+        assert daemon.last_reload == "accepted: devices -inc-2"
+        async with asyncio.timeout(20):  # recorded while the daemon runs, not at its shutdown
+            while not (gaps := [g for g in daemon.journal.gaps() if g.devices == ("inc-2",)]):
+                await daemon.journal.changed()
+        seen_ns = utc_now_ns()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+    (gap,) = gaps
+    assert gap.cause.startswith("device unreachable: ")
+    assert removing_ns <= gap.end_ns <= seen_ns  # it ends when inc-2 left the config
 
 
 async def test_reload_that_needs_a_restart_changes_nothing(

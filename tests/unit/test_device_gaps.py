@@ -14,12 +14,12 @@ TAGS = (
 )
 
 
-def scan(store: TagStore, t: int, good: tuple[bool, bool]) -> None:
+def scan(store: TagStore, t: int, good: tuple[bool, bool], device: str = "dev") -> None:
     samples = tuple(
         Sample.good(tag.tag, 1.0, "u", t) if ok else Sample.bad(tag.tag, "u", "timeout", t)
         for tag, ok in zip(TAGS, good, strict=True)
     )
-    store.update(Scan("dev", t, samples))
+    store.update(Scan(device, t, samples))
 
 
 def test_gap_spans_last_good_to_first_good_and_half_bad_is_no_gap() -> None:
@@ -43,3 +43,18 @@ def test_gap_spans_last_good_to_first_good_and_half_bad_is_no_gap() -> None:
     watch.check(store, 60)
     (last,) = watch.close_all(99)
     assert (last.start_ns, last.end_ns) == (50, 99)
+
+
+def test_a_reload_watches_added_devices_and_ends_the_gap_of_a_removed_one() -> None:
+    store = TagStore([("dev", TAGS), ("new", TAGS)])
+    gaps: list[Gap] = []
+    watch = DeviceGaps(["dev"], gaps.append)
+    scan(store, 10, (False, False))
+    watch.check(store, 10)  # dev: gap open since it was first seen failing
+    scan(store, 15, (False, False), device="new")
+    (ended,) = watch.follow(["new"], 20)  # dev left the config, new came in
+    assert ended == Gap(10, 20, "device unreachable: timeout", ("dev",), 0)
+    watch.check(store, 30)
+    (last,) = watch.close_all(40)
+    assert (last.devices, last.start_ns, last.end_ns) == (("new",), 30, 40)
+    assert gaps == [ended, last]
