@@ -39,6 +39,7 @@ from controller.daemon_parts import (
     build_store,
     open_spool,
     units_of,
+    warn_orphan_batches,
     writers,
 )
 from controller.health import publish_health
@@ -46,7 +47,7 @@ from controller.hub import Hub
 from controller.loops import LoopGroup
 from controller.loops_config import split
 from controller.poller import Poller, scan_phase_s
-from controller.reload import ReloadRefused, diff
+from controller.reload import ReloadRefused, batch_conflict, diff
 from controller.self_watch import alarm_health, archive_commits, close_archive, record_self
 from controller.sinks.influx import InfluxSink
 from controller.sinks.mqtt import MqttSink
@@ -89,6 +90,7 @@ class Daemon:
         self.archive: BatchArchive | None = None
         if self.batches is not None:
             self.hub.batches = self.batches.by_device
+            warn_orphan_batches(self.batches.by_device, self.devices)
             self.archive = BatchArchive(archive_path(cfg.state.dir))
             self.hub.archive = self.archive
         self.alarms = self._alarm_service(cfg)
@@ -405,6 +407,8 @@ class Daemon:
             raise ReloadRefused(d.summary())
         if has_controls(new) != self.controls:
             raise ReloadRefused("adding or removing all loops/command tags/users needs a restart")
+        if self.batches is not None and (why := batch_conflict(d, self.batches.by_device)):
+            raise ReloadRefused(why)
         if d.empty:
             return d.summary()
         keys = await asyncio.to_thread(load_keys, new.users, path.parent) if new.users else {}

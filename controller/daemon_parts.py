@@ -113,3 +113,19 @@ def spool_alarm(active: bool, fraction: float) -> None:
 def units_of(cfg: SiteConfig) -> dict[str, str]:
     """`device.tag` -> its unit, for every device tag of the site."""
     return {name: meta.unit for name, meta in catalog(cfg.devices).items()}
+
+
+def warn_orphan_batches(running: Mapping[str, str], devices: Mapping[str, object]) -> None:
+    """A batch left running on a device the site file no longer has: say so at start.
+
+    A reload refuses to remove such a device; a restart on another file cannot be refused
+    without leaving the floor unmonitored, so it is logged as an error instead.
+    """
+    for device, batch in running.items():
+        if device not in devices:
+            log.error(
+                "batch %s runs on %s, which the site file does not have: the batch gets no "
+                "data until the device is back or the batch is ended",
+                batch,
+                device,
+            )

@@ -8,6 +8,7 @@ restart; a reload that touches them changes nothing and says so, rather than hal
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.config import SiteConfig
@@ -70,3 +71,15 @@ def diff(old: SiteConfig, new: SiteConfig) -> ConfigDiff:
         access=(old.users, old.roles, old.commands) != (new.users, new.roles, new.commands),
         restart=restart,
     )
+
+
+def batch_conflict(d: ConfigDiff, running: Mapping[str, str]) -> str | None:
+    """Why the diff cannot apply while batches run, or None.
+
+    Removing a device that runs a batch would end the batch's data without a word in its
+    record; the batch is ended first (a signed `batch/end`), then the device removed.
+    """
+    busy = [f"{device} runs batch {running[device]}" for device in d.removed if device in running]
+    if not busy:
+        return None
+    return "; ".join(busy) + ": end the batch before removing the device"

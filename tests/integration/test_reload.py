@@ -193,7 +193,7 @@ async def self_report_after(daemon: Daemon, t_ns: int) -> None:
             await daemon.journal.changed()
 
 
-async def test_a_device_added_by_reload_is_watched_for_gaps_and_its_gap_ends_at_removal(
+async def test_a_device_added_by_reload_is_watched_for_gaps_and_removed_once_its_batch_ends(
     tmp_path: Path, broker: Mosquitto, sims: list[int]
 ) -> None:
     site = f"hup-{free_port()}"
@@ -216,6 +216,16 @@ async def test_a_device_added_by_reload_is_watched_for_gaps_and_its_gap_ends_at_
                 await daemon.journal.changed()
         await self_report_after(daemon, utc_now_ns())  # inc-2's gap is open now
         path.write_text(site_text(tmp_path, broker, sims[:1], site))
+        assert daemon.batches is not None
+        daemon.batches.start("inc-2", "LOT-42", "TIL", "expansion", user="qa", known={"inc-2"})
+        done = daemon.reloaded
+        daemon.request_reload()  # a running batch keeps its device
+        await asyncio.wait_for(done.wait(), 20)
+        assert daemon.last_reload == (
+            "refused: inc-2 runs batch LOT-42: end the batch before removing the device"
+        )
+        assert "inc-2" in daemon.devices
+        daemon.batches.end("inc-2", "LOT-42", user="qa")
         removing_ns = utc_now_ns()
         done = daemon.reloaded
         daemon.request_reload()
