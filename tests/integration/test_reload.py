@@ -139,26 +139,40 @@ async def test_bad_config_on_sighup_leaves_the_old_one_running(
     assert "poll_period_s" in records[1].result
 
 
+@contextlib.asynccontextmanager
+async def running(path: Path) -> AsyncIterator[Daemon]:
+    """A daemon on `path`, in-process, ready; stopped (and drained) on exit."""
+    daemon = Daemon(load_site(path), source=ConfigSource(str(path), "0" * 64))
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    try:
+        async with asyncio.timeout(20):
+            await daemon.ready.wait()
+        yield daemon
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+async def reload(daemon: Daemon) -> str | None:
+    """SIGHUP's path in-process: one reload, awaited; what it said."""
+    done = daemon.reloaded
+    daemon.request_reload()
+    await asyncio.wait_for(done.wait(), 20)
+    return daemon.last_reload
+
+
 async def test_reload_adds_a_device_and_leaves_the_others_untouched(
     tmp_path: Path, broker: Mosquitto, sims: list[int]
 ) -> None:
     site = f"hup-{free_port()}"
     path = tmp_path / "site.toml"
     path.write_text(site_text(tmp_path, broker, sims[:1], site))
-    cfg = load_site(path)
-    daemon = Daemon(cfg, source=ConfigSource(str(path), "0" * 64))
-    stop = asyncio.Event()
-    task = asyncio.create_task(daemon.run(stop))
-    try:
-        async with asyncio.timeout(20):
-            await daemon.ready.wait()
+    async with running(path) as daemon:
         before = daemon.devices["inc-1"]
         scans_before = before.poller.stats.scans
         path.write_text(site_text(tmp_path, broker, sims, site))
-        done = daemon.reloaded
-        daemon.request_reload()
-        await asyncio.wait_for(done.wait(), 20)
-        assert daemon.last_reload == "accepted: devices +inc-2"
+        assert await reload(daemon) == "accepted: devices +inc-2"
         assert daemon.devices["inc-1"] is before  # same driver, connection and schedule
         assert before.task is not None
         assert not before.task.done()
@@ -171,13 +185,7 @@ async def test_reload_adds_a_device_and_leaves_the_others_untouched(
         assert before.poller.stats.skipped == 0
         assert ("inc-2", "chamber_temp") in daemon.store.index
         # the same file again: nothing to do, still audited
-        done = daemon.reloaded
-        daemon.request_reload()
-        await asyncio.wait_for(done.wait(), 20)
-        assert daemon.last_reload == "accepted: no change"
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
+        assert await reload(daemon) == "accepted: no change"
     records = [ln.record for ln in read_lines(trail_path(tmp_path / "state")) if ln.record]
     assert [r.action for r in records] == ["config_load", "config_reload", "config_reload"]
     assert records[1].result == "accepted: devices +inc-2"
@@ -199,18 +207,10 @@ async def test_a_device_added_by_reload_is_watched_for_gaps_and_removed_once_its
     site = f"hup-{free_port()}"
     path = tmp_path / "site.toml"
     path.write_text(site_text(tmp_path, broker, sims[:1], site))
-    daemon = Daemon(load_site(path), source=ConfigSource(str(path), "0" * 64))
-    stop = asyncio.Event()
-    task = asyncio.create_task(daemon.run(stop))
-    try:
-        async with asyncio.timeout(20):
-            await daemon.ready.wait()
+    async with running(path) as daemon:
         dead = free_port()  # nothing listens: inc-2 never gives a good reading
         path.write_text(site_text(tmp_path, broker, [sims[0], dead], site))
-        done = daemon.reloaded
-        daemon.request_reload()
-        await asyncio.wait_for(done.wait(), 20)
-        assert daemon.last_reload == "accepted: devices +inc-2"
+        assert await reload(daemon) == "accepted: devices +inc-2"
         async with asyncio.timeout(20):
             while not daemon.devices["inc-2"].poller.stats.scans:
                 await daemon.journal.changed()
@@ -218,26 +218,17 @@ async def test_a_device_added_by_reload_is_watched_for_gaps_and_removed_once_its
         path.write_text(site_text(tmp_path, broker, sims[:1], site))
         assert daemon.batches is not None
         daemon.batches.start("inc-2", "LOT-42", "TIL", "expansion", user="qa", known={"inc-2"})
-        done = daemon.reloaded
-        daemon.request_reload()  # a running batch keeps its device
-        await asyncio.wait_for(done.wait(), 20)
-        assert daemon.last_reload == (
+        assert await reload(daemon) == (  # a running batch keeps its device
             "refused: inc-2 runs batch LOT-42: end the batch before removing the device"
         )
         assert "inc-2" in daemon.devices
         daemon.batches.end("inc-2", "LOT-42", user="qa")
         removing_ns = utc_now_ns()
-        done = daemon.reloaded
-        daemon.request_reload()
-        await asyncio.wait_for(done.wait(), 20)
-        assert daemon.last_reload == "accepted: devices -inc-2"
+        assert await reload(daemon) == "accepted: devices -inc-2"
         async with asyncio.timeout(20):  # recorded while the daemon runs, not at its shutdown
             while not (gaps := [g for g in daemon.journal.gaps() if g.devices == ("inc-2",)]):
                 await daemon.journal.changed()
         seen_ns = utc_now_ns()
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
     (gap,) = gaps
     assert gap.cause.startswith("device unreachable: ")
     assert removing_ns <= gap.end_ns <= seen_ns  # it ends when inc-2 left the config
@@ -249,19 +240,8 @@ async def test_reload_that_needs_a_restart_changes_nothing(
     site = f"hup-{free_port()}"
     path = tmp_path / "site.toml"
     path.write_text(site_text(tmp_path, broker, sims[:1], site))
-    daemon = Daemon(load_site(path), source=ConfigSource(str(path), "0" * 64))
-    stop = asyncio.Event()
-    task = asyncio.create_task(daemon.run(stop))
-    try:
-        async with asyncio.timeout(20):
-            await daemon.ready.wait()
+    async with running(path) as daemon:
         path.write_text(site_text(tmp_path, broker, sims, "another-site"))
-        done = daemon.reloaded
-        daemon.request_reload()
-        await asyncio.wait_for(done.wait(), 20)
-        assert daemon.last_reload == "refused: needs a restart: [site] changed"
+        assert await reload(daemon) == "refused: needs a restart: [site] changed"
         assert list(daemon.devices) == ["inc-1"]
         assert daemon.cfg.site.id == site
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
