@@ -66,6 +66,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
         yield server
 
 
+def site_file(tmp_path: Path, broker: Mosquitto, ports: list[int]) -> tuple[Path, str]:
+    """A site file for a site id of its own (its MQTT topics are the test's alone)."""
+    site = f"hup-{free_port()}"
+    path = tmp_path / "site.toml"
+    path.write_text(site_text(tmp_path, broker, ports, site))
+    return path, site
+
+
 def site_text(tmp_path: Path, broker: Mosquitto, ports: list[int], site: str) -> str:
     text = HEAD.format(site=site, state=tmp_path / "state", mqtt=broker.url)
     for i, port in enumerate(ports):
@@ -108,9 +116,7 @@ async def sims(tmp_path: Path) -> AsyncIterator[list[int]]:
 async def test_bad_config_on_sighup_leaves_the_old_one_running(
     tmp_path: Path, broker: Mosquitto, sims: list[int]
 ) -> None:
-    site = f"hup-{free_port()}"
-    path = tmp_path / "site.toml"
-    path.write_text(site_text(tmp_path, broker, sims[:1], site))
+    path, site = site_file(tmp_path, broker, sims[:1])
     topic = f"cellfab/{site}/telemetry/inc-1"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "controller.cli", "run", "-c", str(path),
@@ -165,9 +171,7 @@ async def reload(daemon: Daemon) -> str | None:
 async def test_reload_adds_a_device_and_leaves_the_others_untouched(
     tmp_path: Path, broker: Mosquitto, sims: list[int]
 ) -> None:
-    site = f"hup-{free_port()}"
-    path = tmp_path / "site.toml"
-    path.write_text(site_text(tmp_path, broker, sims[:1], site))
+    path, site = site_file(tmp_path, broker, sims[:1])
     async with running(path) as daemon:
         before = daemon.devices["inc-1"]
         scans_before = before.poller.stats.scans
@@ -204,9 +208,7 @@ async def self_report_after(daemon: Daemon, t_ns: int) -> None:
 async def test_a_device_added_by_reload_is_watched_for_gaps_and_removed_once_its_batch_ends(
     tmp_path: Path, broker: Mosquitto, sims: list[int]
 ) -> None:
-    site = f"hup-{free_port()}"
-    path = tmp_path / "site.toml"
-    path.write_text(site_text(tmp_path, broker, sims[:1], site))
+    path, site = site_file(tmp_path, broker, sims[:1])
     async with running(path) as daemon:
         dead = free_port()  # nothing listens: inc-2 never gives a good reading
         path.write_text(site_text(tmp_path, broker, [sims[0], dead], site))
@@ -237,9 +239,7 @@ async def test_a_device_added_by_reload_is_watched_for_gaps_and_removed_once_its
 async def test_reload_that_needs_a_restart_changes_nothing(
     tmp_path: Path, broker: Mosquitto, sims: list[int]
 ) -> None:
-    site = f"hup-{free_port()}"
-    path = tmp_path / "site.toml"
-    path.write_text(site_text(tmp_path, broker, sims[:1], site))
+    path, site = site_file(tmp_path, broker, sims[:1])
     async with running(path) as daemon:
         path.write_text(site_text(tmp_path, broker, sims, "another-site"))
         assert await reload(daemon) == "refused: needs a restart: [site] changed"
