@@ -62,7 +62,11 @@ class CommandService:
         head = f"{self._prefix}/cmd/"
         verb = topic[len(head) :] if topic.startswith(head) else topic.rsplit("/", 1)[-1]
         now = self._clock()
-        outcome = self._verifier.verify(verb, payload, now)
+        try:
+            outcome = self._verifier.verify(verb, payload, now)
+        except Exception as exc:  # a bug on hostile input must not stop the plant's control
+            log.exception("command on cmd/%s: verification failed", verb[:40])
+            return await self._internal_error(verb, now, exc)
         out: list[Message] = []
         fields = outcome.audit.seal_fields()
         try:
@@ -75,10 +79,11 @@ class CommandService:
                 request = outcome.request
                 await self.plant.execute(request.action, request.user, request.reason)
             except ActionFailed as exc:
-                self.refused += 1
-                failed: SealFields = {**fields, "result": f"failed ({exc.code}): {exc}"}
-                out += await self._audit_quietly(failed)
-                return [*self._reply(outcome.request_id, now, False, exc.code, str(exc)), *out]
+                return await self._failed(outcome.request_id, fields, now, exc.code, str(exc), out)
+            except Exception as exc:  # audited as accepted: its end must be recorded too
+                log.exception("command %s on %s: action failed", verb, outcome.request.object)
+                why = f"internal error: {type(exc).__name__}: {str(exc)[:200]}"
+                return await self._failed(outcome.request_id, fields, now, "internal_error", why, out)
             self.accepted += 1
             log.info(
                 "command %s on %s by %s accepted", verb, outcome.request.object, fields["user"]
@@ -108,6 +113,37 @@ class CommandService:
         except (RuntimeError, OSError) as exc:
             log.error("audit trail unavailable for a failed command: %s", exc)  # noqa: TRY400
             return []
+
+    async def _failed(
+        self,
+        request_id: str,
+        fields: SealFields,
+        now: datetime,
+        code: str,
+        why: str,
+        out: list[Message],
+    ) -> list[Message]:
+        """An accepted action that did not happen: a second record, and `ok: false`."""
+        self.refused += 1
+        failed: SealFields = {**fields, "result": f"failed ({code}): {why}"}
+        out += await self._audit_quietly(failed)
+        return [*self._reply(request_id, now, False, code, why), *out]
+
+    async def _internal_error(self, verb: str, now: datetime, exc: Exception) -> list[Message]:
+        """A request the verifier could not judge: refused, audited as unauthenticated."""
+        self.refused += 1
+        fields: SealFields = {
+            "user": "",
+            "role": "(unauthenticated)",
+            "action": f"cmd.{verb[:40]}",
+            "obj": "",
+            "old": None,
+            "new": None,
+            "reason": "",
+            "client": "",
+            "result": f"refused (internal_error): {type(exc).__name__}",
+        }
+        return await self._audit_quietly(fields)
 
     def _unaudited(self, request_id: str | None, now: datetime, exc: Exception) -> list[Message]:
         self.refused += 1

@@ -231,6 +231,10 @@ def decode(payload: bytes, max_bytes: int = 4096) -> dict[str, JsonScalar]:
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
         raise Refusal("malformed_json", f"malformed JSON at {where}: {exc.msg}") from None
+    except RecursionError:  # [[[[…]]]] nested deeper than the parser's stack
+        raise Refusal("malformed_json", "nested too deeply; fields are flat scalars") from None
+    except ValueError as exc:  # e.g. an integer literal longer than Python converts
+        raise Refusal("malformed_json", f"unreadable JSON value: {str(exc)[:80]}") from None
     if not isinstance(obj, dict):
         raise Refusal("malformed_json", f"the payload is a JSON {kind(obj)}, not an object")
     for key, value in obj.items():

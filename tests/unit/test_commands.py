@@ -174,6 +174,7 @@ PARSE_CASES = [
     ("NaN", "setpoint", b'{"value": NaN}', "malformed_json", "NaN is not valid JSON"),
     ("too large", "setpoint", b" " * 5000, "malformed_json", "at most 4096"),
     ("nested", "setpoint", b'{"value": {"x": 1}}', "bad_field", "no nesting"),
+    ("deep nesting", "setpoint", b"[" * 1500 + b"]" * 1500, "malformed_json", "too deeply"),
     ("unknown verb", "reboot", b"{}", "unknown_verb", "unknown verb 'reboot'"),
     ("verb mismatch", "mode", None, "verb_mismatch", "topic is cmd/mode"),
     ("missing reason", "setpoint", _edit(reason=_DROP), "missing_field", "reason"),
@@ -209,6 +210,15 @@ def test_malformed_requests_are_refused_with_code_and_reason(
     assert (outcome.code, outcome.audit.code, outcome.audit.result) == (code, code, "refused")
     assert words in outcome.message
     assert not outcome.audit.authenticated and outcome.audit.role is None
+
+
+def test_an_integer_too_long_to_convert_is_malformed_not_a_crash() -> None:
+    commands = {"skew_s": 30, "nonce_retention_s": 120, "max_payload_bytes": 65536}
+    access = ACCESS.model_copy(update={"commands": CommandsSection.model_validate(commands)})
+    outcome = make_verifier(access).verify("setpoint", b'{"value": ' + b"9" * 5000 + b"}", NOW)
+    assert isinstance(outcome, Refused)
+    assert outcome.code == "malformed_json"
+    assert "unreadable JSON value" in outcome.message
 
 
 def test_mode_fields_depend_on_the_mode() -> None:
