@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from controller import sdnotify
-from controller.access_config import UserKey, load_keys
+from controller.access_config import KeyFileError, UserKey, load_keys
 from controller.alarm_service import (
     BUILT_IN,
     AlarmService,
@@ -387,8 +387,9 @@ class Daemon:
             new = await asyncio.to_thread(load_site, path)
             digest = _sha256(data)
             summary = await self._apply(new, path)
-        except (ConfigError, ReloadRefused, OSError) as exc:
-            why = "\n".join(exc.errors) if isinstance(exc, ConfigError) else str(exc)
+        except (ConfigError, ReloadRefused, KeyFileError, OSError) as exc:
+            errors = exc.errors if isinstance(exc, ConfigError | KeyFileError) else [str(exc)]
+            why = "\n".join(errors)
             log.error("reload refused, the running config is unchanged: %s", why)  # noqa: TRY400
             self.last_reload = f"refused: {why}"
             await self._audit_quietly(None, f"refused: {why}")

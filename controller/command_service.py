@@ -79,11 +79,15 @@ class CommandService:
                 request = outcome.request
                 await self.plant.execute(request.action, request.user, request.reason)
             except ActionFailed as exc:
-                return await self._failed(outcome.request_id, fields, now, exc.code, str(exc), out)
+                return await self._failed(
+                    outcome.request_id, fields, now, code=exc.code, why=str(exc), out=out
+                )
             except Exception as exc:  # audited as accepted: its end must be recorded too
                 log.exception("command %s on %s: action failed", verb, outcome.request.object)
                 why = f"internal error: {type(exc).__name__}: {str(exc)[:200]}"
-                return await self._failed(outcome.request_id, fields, now, "internal_error", why, out)
+                return await self._failed(
+                    outcome.request_id, fields, now, code="internal_error", why=why, out=out
+                )
             self.accepted += 1
             log.info(
                 "command %s on %s by %s accepted", verb, outcome.request.object, fields["user"]
@@ -119,6 +123,7 @@ class CommandService:
         request_id: str,
         fields: SealFields,
         now: datetime,
+        *,
         code: str,
         why: str,
         out: list[Message],

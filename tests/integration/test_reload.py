@@ -236,6 +236,29 @@ async def test_a_device_added_by_reload_is_watched_for_gaps_and_removed_once_its
     assert removing_ns <= gap.end_ns <= seen_ns  # it ends when inc-2 left the config
 
 
+async def test_a_user_whose_key_file_is_unsafe_is_refused_and_the_daemon_runs_on(
+    tmp_path: Path, broker: Mosquitto, sims: list[int]
+) -> None:
+    path, _site = site_file(tmp_path, broker, sims[:1])
+    key = tmp_path / "eve.key"
+    key.write_text("00" * 32)
+    key.chmod(0o644)  # readable by everyone: not a secret any more
+    async with running(path) as daemon:
+        path.write_text(
+            path.read_text()
+            + '[[roles]]\nname = "operator"\n'
+            + f'[[users]]\nid = "eve"\nrole = "operator"\nkey_file = "{key}"\n'
+        )
+        why = await reload(daemon)
+        assert why is not None
+        assert why.startswith("refused: users.0.key_file: ")
+        assert "eve.key" in why
+        scans = daemon.devices["inc-1"].poller.stats.scans
+        async with asyncio.timeout(20):  # still polling
+            while daemon.devices["inc-1"].poller.stats.scans < scans + 2:
+                await daemon.journal.changed()
+
+
 async def test_reload_that_needs_a_restart_changes_nothing(
     tmp_path: Path, broker: Mosquitto, sims: list[int]
 ) -> None:
