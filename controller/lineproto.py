@@ -10,9 +10,10 @@ failed read is a recorded gap, never a 0 (docs/influx.md).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping
-from typing import SupportsFloat
+from typing import Final, SupportsFloat
 
 from controller.config import SiteConfig
 from controller.spool_budget import Gap
@@ -64,6 +65,24 @@ def _refuse_line_breaks(text: str) -> None:
         raise ValueError(f"line breaks cannot be written in line protocol: {text!r}")
 
 
+log = logging.getLogger(__name__)
+
+UNCONFIGURED: Final = ("unconfigured", "unknown")
+"""Device class and area of a stream the site file no longer names: its scans were spooled
+before a restart on another file. They are forwarded under these, never dropped."""
+
+
+def unconfigured(name: str) -> tuple[str, str]:
+    """The metadata of a stream missing from the site file; said once per sink and stream."""
+    log.warning(
+        "scans of %r, which the site file does not name, are forwarded as device class %r, "
+        "area %r (spooled before the file changed)",
+        name,
+        *UNCONFIGURED,
+    )
+    return UNCONFIGURED
+
+
 class LineFormatter:
     """Turns scans into lines for one site; device metadata comes from the site config.
 
@@ -80,12 +99,15 @@ class LineFormatter:
 
     def add_streams(self, cfg: SiteConfig) -> None:
         """Know the devices and loops of `cfg` too (a reload; old ones stay for the backlog)."""
-        site = escape_key(cfg.site.id)
+        self._site = escape_key(cfg.site.id)
         for name, (device_class, area) in cfg.streams().items():
-            self._heads[name] = (
-                f"{escape_measurement(device_class)},site={site},"
-                f"area={escape_key(area)},device={escape_key(name)}"
-            )
+            self._head(name, device_class, area)
+
+    def _head(self, name: str, device_class: str, area: str) -> None:
+        self._heads[name] = (
+            f"{escape_measurement(device_class)},site={self._site},"
+            f"area={escape_key(area)},device={escape_key(name)}"
+        )
 
     def lines(self, scans: Iterable[Scan], batches: Mapping[str, str] | None = None) -> list[str]:
         """One line per scan that has samples, in order; `batches` maps device -> batch id."""
@@ -102,7 +124,8 @@ class LineFormatter:
             return None
         head = self._heads.get(scan.device)
         if head is None:
-            raise ValueError(f"scan from device {scan.device!r}, which is not in the site config")
+            self._head(scan.device, *unconfigured(scan.device))
+            head = self._heads[scan.device]
         batch = batch or scan.batch
         if batch:
             head = f"{head},batch={escape_key(batch)}"

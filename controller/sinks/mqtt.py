@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 from controller.cancel import cancel_and_wait
 from controller.command_service import CommandService
 from controller.config import SiteConfig
+from controller.lineproto import unconfigured
 from controller.sinks.drain import DrainDeadline
 from controller.sinks.outage import Outage, OutageMemory
 from controller.spool_budget import Gap
@@ -398,7 +399,7 @@ class MqttSink:
     def _payload(self, seq: int, scan: Scan) -> bytes:
         meta = self._devices.get(scan.device)
         if meta is None:
-            raise ValueError(f"scan from device {scan.device!r}, which is not in the site config")
+            meta = self._devices[scan.device] = unconfigured(scan.device)
         return telemetry_payload(seq, scan, *meta)
 
     async def _publish_status(

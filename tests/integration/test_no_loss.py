@@ -34,6 +34,7 @@ from tests.integration.noloss import (
     site_id,
     stop_cleanly,
     telemetry,
+    wait_committed,
     write_site,
 )
 from tests.servers import (
@@ -210,6 +211,38 @@ async def test_sigkill_and_restart_stores_every_published_reading_and_records_th
     records = re.search(r": (\d+) records", out)
     assert records is not None and int(records[1]) >= 3, out  # load, reload, load again
     assert "INTACT" in out, out
+
+
+async def test_a_restart_on_a_file_without_a_device_still_delivers_its_spooled_scans(
+    tmp_path: Path, vm: VictoriaMetrics, ports: list[int]
+) -> None:
+    """inc-2's scans are still in the spool (VM down) when the site file drops inc-2: the
+    next run forwards them under device class `unconfigured`, rather than dying on them
+    at every start (a crash loop that would leave the floor unmonitored)."""
+    await asyncio.to_thread(vm.stop)
+    path, prefix = write_site(tmp_path, ports, mqtt=None, influx=vm.url)
+    spool = tmp_path / "state" / "spool.sqlite"
+    daemon = DaemonProcess(path)
+    try:
+        await daemon.start()
+        await daemon.wait_log(r"ready: 2 devices")
+        await wait_committed(spool, above=8)  # both devices' scans, kept for the store
+        await stop_cleanly(daemon)
+        text = path.read_text()
+        path.write_text(text[: text.index('[[devices]]\nid = "inc-2"')])
+        await asyncio.to_thread(vm.start)
+        await daemon.start()
+        await daemon.wait_log(r"ready: 1 devices")
+        await daemon.wait_log(r"scans of 'inc-2', which the site file does not name")
+        rows = await asyncio.to_thread(
+            vm.wait_export,
+            f'{{__name__="unconfigured_chamber_temp",site="{site_id(prefix)}"}}',
+            lambda r: sum(len(x["timestamps"]) for x in r) >= 2,
+        )
+        assert {r["metric"]["device"] for r in rows} == {"inc-2"}
+        await stop_cleanly(daemon)
+    finally:
+        await daemon.close()
 
 
 async def test_sigkill_between_a_write_and_its_persisted_ack_stores_nothing_twice(
