@@ -129,6 +129,10 @@ class Daemon:
         self.reloaded = asyncio.Event()  # set after each reload attempt (tests await it)
         self.last_reload: str | None = None
         self._reload_wanted = asyncio.Event()
+        # a reload and the shutdown both stop and start tasks: one at a time, and no
+        # reload once the shutdown has begun (it would start pollers after the journal closed)
+        self._lifecycle = asyncio.Lock()
+        self._stopping = False
         self._tg: asyncio.TaskGroup | None = None
         self._loop_tasks: dict[int, asyncio.Task[None]] = {}
         self._loop_stops: dict[int, asyncio.Event] = {}
@@ -271,7 +275,9 @@ class Daemon:
                 if extra is not None:
                     tg.create_task(extra(stop), name="extra")
                 await stop.wait()
-                await self._stop_all()
+                async with self._lifecycle:  # waits for a reload under way to finish
+                    self._stopping = True
+                    await self._stop_all()
                 sdnotify.notify("STOPPING=1")
                 log.info("pollers stopped after %d scans; draining sinks", self.hub.scans)
                 self.journal.close()
@@ -341,8 +347,10 @@ class Daemon:
         devices = {split(name)[0] for loop in group.loops for name in (loop.pv, loop.output)}
         first = [run.poller.scanned.wait() for d, run in self.devices.items() if d in devices]
         await asyncio.gather(*first)
-        if not stop.is_set():
-            await group.run(stop, self.hub, self.liveness)
+        if stop.is_set():  # stopped before a first tick: control it carried over goes back
+            await group.release()
+            return
+        await group.run(stop, self.hub, self.liveness)
 
     async def _announce_ready(self) -> None:
         """READY once every device has been scanned once (good or bad), as systemd expects."""
@@ -386,7 +394,8 @@ class Daemon:
             data = await asyncio.to_thread(path.read_bytes)
             new = await asyncio.to_thread(load_site, path)
             digest = _sha256(data)
-            summary = await self._apply(new, path)
+            async with self._lifecycle:
+                summary = await self._apply(new, path)
         except (ConfigError, ReloadRefused, KeyFileError, OSError) as exc:
             errors = exc.errors if isinstance(exc, ConfigError | KeyFileError) else [str(exc)]
             why = "\n".join(errors)
@@ -403,6 +412,8 @@ class Daemon:
         self.reloaded = asyncio.Event()
 
     async def _apply(self, new: SiteConfig, path: Path) -> str:
+        if self._stopping:
+            raise ReloadRefused("the daemon is stopping")
         d = diff(self.cfg, new)
         if d.restart:
             raise ReloadRefused(d.summary())

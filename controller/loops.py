@@ -220,9 +220,10 @@ class LoopGroup:
     def adopt(self, old: LoopGroup) -> set[str]:
         """Carry on from `old` (a config reload): commanded set points, manual modes, takeovers.
 
-        A set point carries over unless the new file changed that loop's `setpoint`; a
-        takeover counts as done if the new loop switches the same tag. Returns the ids
-        carried over, which `old` must then not hand back.
+        A set point carries over unless the new file changed that loop's `setpoint`. Control
+        carries over only if the new loop's takeover is the same: a loop whose takeover
+        changed (or went) is handed back by `old`, and the new one takes over afresh.
+        Returns the ids carried over, which `old` must then not hand back.
         """
         kept = set()
         for i, loop in enumerate(self.loops):
@@ -237,7 +238,7 @@ class LoopGroup:
                 set_mode(self.state, self.params, [i], False, out)
             if before.takeover == loop.takeover:
                 self._taken_over[i] = old._taken_over[j]
-            kept.add(loop.id)
+                kept.add(loop.id)
         return kept
 
     # --- commands ---------------------------------------------------------------------

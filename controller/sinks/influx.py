@@ -99,6 +99,7 @@ class InfluxSink:
     def add_streams(self, cfg: SiteConfig) -> None:
         """Format the devices and loops of a reloaded config too."""
         self._formatter.add_streams(cfg)
+        self._outage.follow(tuple(cfg.streams()))
 
     async def run(self) -> None:
         """Write until the journal is closed and drained (or the drain deadline passes)."""

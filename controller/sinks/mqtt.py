@@ -200,6 +200,7 @@ class MqttSink:
     def add_streams(self, cfg: SiteConfig) -> None:
         """Publish the devices and loops of a reloaded config too (old ones stay known)."""
         self._devices = {**self._devices, **cfg.streams()}
+        self._outage.follow(tuple(cfg.streams()))
 
     def set_state(self, suffix: str, payload: bytes) -> None:
         """Publish `payload` retained on `<prefix>/<suffix>` soon; only the latest counts."""

@@ -41,7 +41,8 @@ class Outage:
     ) -> None:
         """`memory` and `key` (the sink's cursor name): an open span outlives a restart."""
         self._name = name
-        self._devices = devices
+        self._devices = devices  # what the open (or next) span covers
+        self._current = devices  # the site's streams now
         self._report = report
         self._clock = clock_ns
         self._memory = memory
@@ -53,6 +54,14 @@ class Outage:
         if span is not None:
             self._since_ns, self._reason = span.since_ns, span.reason
             log.warning("%s: outage open since before the restart (%s)", name, span.reason)
+
+    def follow(self, devices: tuple[str, ...]) -> None:
+        """The site's streams after a reload: a span open now covers the old and the new."""
+        self._current = devices
+        if self._since_ns is None:
+            self._devices = devices
+        else:
+            self._devices = (*self._devices, *(d for d in devices if d not in self._devices))
 
     def failed(self, reason: str) -> None:
         """The far side refused or could not be reached (the first failure opens the span)."""
@@ -71,5 +80,6 @@ class Outage:
             cause = f"{self._name} unreachable, delivered late: {self._reason}"[:200]
             self._report(Gap(start, self._clock(), cause, self._devices, 0))
             self.reported += 1
+        self._devices = self._current
         if self._memory is not None:  # with the gap's commit: recorded and closed at once
             self._memory.set_outage(self._key, None)

@@ -27,6 +27,18 @@ def test_one_span_per_outage_with_the_last_reason() -> None:
     assert [(g.start_ns, g.end_ns) for g in gaps] == [(100, 400), (400, 500)]
 
 
+def test_a_reload_during_an_outage_names_old_and_new_streams_then_only_the_new() -> None:
+    gaps: list[Gap] = []
+    outage = Outage("MQTT broker", ("inc-1", "inc-2"), gaps.append, lambda: 1)
+    outage.follow(("inc-1", "inc-3"))  # no span open: just the new streams
+    outage.failed("refused")
+    outage.follow(("inc-1", "inc-4"))  # inc-3's data so far were delivered late too
+    outage.delivered()
+    outage.failed("refused")
+    outage.delivered()
+    assert [g.devices for g in gaps] == [("inc-1", "inc-3", "inc-4"), ("inc-1", "inc-4")]
+
+
 class Memory:
     """The spool's two outage methods, in a dict (what a restart reads back)."""
 
