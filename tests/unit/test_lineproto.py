@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -165,12 +166,17 @@ def test_tags_come_from_the_site_config_and_batch_is_optional() -> None:
     assert second[:2] == ("bsc", {"site": "s1", "area": "Grade B", "device": "bsc1"})
 
 
-def test_unknown_device_and_empty_scans() -> None:
-    """A scan without samples has no line; one from an unknown device is a bug, raised."""
+def test_unknown_device_and_empty_scans(caplog: pytest.LogCaptureFixture) -> None:
+    """A scan without samples has no line; one from a stream the file no longer names (spooled
+    before a restart on another file) is still written, under `unconfigured`, and said."""
     fmt = LineFormatter(site())
     assert fmt.lines([scan()]) == []
-    with pytest.raises(ValueError, match="nope"):
-        fmt.lines([scan(good("t", 1.0), device="nope")])
+    with caplog.at_level(logging.WARNING, logger="controller.lineproto"):
+        (line,) = fmt.lines([scan(good("t", 1.0), device="nope")])
+        fmt.lines([scan(good("t", 2.0), device="nope")])
+    assert line.startswith("unconfigured,site=s1,area=unknown,device=nope t=1")
+    assert len(caplog.records) == 1
+    assert "'nope'" in caplog.records[0].getMessage()
 
 
 def test_escaping_of_measurement_tags_and_keys() -> None:
