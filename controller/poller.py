@@ -10,6 +10,7 @@ Stopping is cooperative: a scan in progress completes, so no half scan is lost.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -20,7 +21,9 @@ from typing import Protocol
 from controller.hub import Hub
 from controller.watchdog import Heart, Liveness
 from drivers.base import Driver, RecordDriver
-from drivers.sample import Quality, Scan, utc_now_ns
+from drivers.sample import Quality, Sample, Scan, utc_now_ns
+
+log = logging.getLogger(__name__)
 
 
 class Polled(Protocol):
@@ -92,6 +95,7 @@ class Poller:
         self.stats = ScheduleStats()
         self.scanned = asyncio.Event()  # set after the first scan (or when the loop ends)
         self._wake: asyncio.Future[None] | None = None
+        self._broken: str | None = None  # the driver's last unexpected error, until it reads
         # Decided once: a runtime Protocol check costs microseconds on every scan.
         self._records = driver if isinstance(driver, RecordDriver) else None
 
@@ -141,7 +145,14 @@ class Poller:
     async def scan_once(self) -> Scan:
         """Read the device once and hand the scan (or the device's records) to the hub."""
         t_scan = utc_now_ns()
-        samples = await self._driver.read()
+        try:
+            samples = await self._driver.read()
+        except Exception as exc:
+            samples = self._driver_failed(exc)
+        else:
+            if self._broken is not None:
+                log.warning("%s: driver reads again after %s", self.device, self._broken)
+                self._broken = None
         scan = Scan(self.device, t_scan, tuple(samples))
         if self._records is not None:
             self._hub.latest(scan)  # latest state only: the device's records are the record
@@ -154,6 +165,20 @@ class Poller:
         if samples and samples[0].quality is Quality.BAD and samples[-1].quality is Quality.BAD:
             self.stats.failed += 1
         return scan
+
+    def _driver_failed(self, exc: Exception) -> list[Sample]:
+        """BAD samples naming the error; the traceback is logged once per kind of error.
+
+        Expected device faults become quality inside the drivers. An exception that gets
+        here is a bug (or a reply nobody foresaw): it must not end the daemon and with it
+        the monitoring of every other device, so the device reads BAD until it passes.
+        """
+        why = f"driver error: {type(exc).__name__}: {str(exc)[:160]}"
+        if self._broken != type(exc).__name__:
+            log.error("%s: %s", self.device, why, exc_info=exc)
+            self._broken = type(exc).__name__
+        now = utc_now_ns()
+        return [Sample.bad(t.tag, t.unit, why, now) for t in self._driver.tags]
 
     def _on_grid(self, start: float) -> float:
         """The first slot of the phase grid at least half a period after `start`."""

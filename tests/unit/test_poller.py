@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import struct
+
+import pytest
 
 from controller.hub import Hub
 from controller.journal import Journal
@@ -153,3 +157,28 @@ def test_devices_sharing_a_period_spread_over_it_in_slots() -> None:
     assert phases[:4] == [0.0, 1 / 3, 2 / 3, 0.0]
     assert sorted(phases[:45]).count(1 / 3) == 15 and phases[45] == 0.0
     assert [scan_phase_s(d.id, devices[:20]) for d in devices[:20]] == [0.0] * 20
+
+
+async def test_a_driver_that_raises_reads_bad_and_the_poller_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in one driver must not end the daemon (and every other device's monitoring)."""
+    poller, _clock, hub = make(0.0)
+    driver = poller._driver
+    good_read = driver.read
+
+    async def broken() -> list[Sample]:
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    driver.read = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="controller.poller"):
+        first = await poller.scan_once()
+        await poller.scan_once()
+    assert [s.quality for s in first.samples] == [Quality.BAD, Quality.BAD]
+    assert first.samples[0].reason == "driver error: error: unpack requires a buffer of 4 bytes"
+    assert len(caplog.records) == 1  # the traceback once, not every scan
+    assert (poller.stats.scans, poller.stats.failed) == (2, 2)
+    driver.read = good_read  # type: ignore[method-assign]
+    again = await poller.scan_once()
+    assert again.samples[0].quality is Quality.GOOD
+    assert hub.journal.last_seq == 3
