@@ -65,18 +65,25 @@ class RoleConfig(Frozen):
 class CommandsSection(Frozen):
     """Freshness and replay protection of signed commands."""
 
-    skew_s: float = Field(default=30.0, gt=0.0, le=600.0, description="max |ts - now|")
+    skew_s: float = Field(default=30.0, gt=0.0, le=600.0, description="max now - ts")
+    max_future_s: float = Field(default=5.0, gt=0.0, description="max ts - now, ≤ skew_s")
     nonce_retention_s: float = Field(default=120.0, gt=0.0, le=86_400.0)
     nonce_cache_max: int = Field(default=100_000, ge=100, le=10_000_000)
     max_payload_bytes: int = Field(default=4096, ge=512, le=65_536)
 
     @model_validator(mode="after")
     def _retention_covers_window(self) -> CommandsSection:
-        """A nonce must be remembered as long as a replay of it could still look fresh."""
+        """A nonce must be remembered as long as a replay of it could still look fresh; a
+        request may be signed only slightly ahead, as that margin outlasts a restart."""
         if self.nonce_retention_s < 2 * self.skew_s:
             raise ValueError(
                 f"nonce_retention_s ({self.nonce_retention_s}) must be at least 2 × skew_s "
                 f"({2 * self.skew_s}), or a replay could outlive its nonce"
+            )
+        if self.max_future_s > self.skew_s:
+            raise ValueError(
+                f"max_future_s ({self.max_future_s}) must be at most skew_s ({self.skew_s}): "
+                "lower it too"
             )
         return self
 

@@ -222,6 +222,7 @@ class Daemon:
                 path = trail_path(self.cfg.state.dir)
                 self.trail = await asyncio.to_thread(AuditTrail.open, path)
                 stack.callback(self.trail.close)
+                self.control.trail_opened(self.trail.last_time)  # replay bound across restarts
                 src = self.source
                 sha = src.sha256 if src else None
                 await self._audit("config_load", None, sha, "accepted", "daemon start")

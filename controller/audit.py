@@ -115,12 +115,14 @@ class AuditTrail:
         seq: int,
         head: str,
         clock: Callable[[], datetime],
+        last_time: datetime | None = None,
     ) -> None:
         self.path = path
         self._fd: int | None = fd
         self._lock_fd = lock_fd
         self._seq = seq
         self._head = head
+        self._last_time = last_time
         self._clock = clock
         self._mutex = threading.Lock()
         self._broken: str | None = None
@@ -141,8 +143,12 @@ class AuditTrail:
             if created:
                 _fsync_dir(path.parent)
             torn = _cut_torn_tail(path, fd)
-            seq, head = _head(path)
-            trail = cls(path, fd=fd, lock_fd=lock_fd, seq=seq, head=head, clock=clock)
+            last = _last_record(path)
+            seq, head = (last.seq, last.hash) if last is not None else (0, GENESIS)
+            last_time = last.time if last is not None else None
+            trail = cls(
+                path, fd=fd, lock_fd=lock_fd, seq=seq, head=head, clock=clock, last_time=last_time
+            )
             if torn is not None:
                 trail._record_torn_tail(torn)
             undo.pop_all()
@@ -153,6 +159,12 @@ class AuditTrail:
     def last_seq(self) -> int:
         """Sequence number of the newest record (0 for an empty trail)."""
         return self._seq
+
+    @property
+    def last_time(self) -> datetime | None:
+        """Time of the newest record found by `open` (None: empty trail), before this writer
+        appended anything: the end of the previous run, which bounds what it accepted."""
+        return self._last_time
 
     @property
     def head(self) -> str:
@@ -302,17 +314,17 @@ def _cut_torn_tail(path: Path, fd: int) -> bytes | None:
     return torn
 
 
-def _head(path: Path) -> tuple[int, str]:
-    """Sequence number and hash of the last line, which the next record chains to."""
+def _last_record(path: Path) -> AuditRecord | None:
+    """The last record, which the next one chains to (None: the trail is empty)."""
     last: Line | None = None
     for line in read_lines(path):
         last = line
     if last is None:
-        return 0, GENESIS
+        return None
     if last.record is None:
         raise TrailCorrupt(
             f"audit trail {path} line {last.lineno} is unreadable ({last.error}); "
             "run `cellfab audit verify` and have the trail examined before appending"
         )
     # Chain to the stored hash: a content edit of the head stays visible to verify.
-    return last.record.seq, last.record.hash
+    return last.record

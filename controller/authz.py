@@ -12,7 +12,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Literal, Protocol
 
@@ -82,7 +82,8 @@ class NonceCache:
     """Tokens seen per scope (user), each remembered for `retention_s`, at most `capacity`.
 
     When full of unexpired tokens it refuses new requests rather than forget one early:
-    forgetting would let a replay through.
+    forgetting would let a replay through. Insertion order is kept equal to expiry order,
+    so purging only ever looks at the oldest end.
     """
 
     def __init__(self, retention_s: float, capacity: int) -> None:
@@ -104,8 +105,24 @@ class NonceCache:
         return len(self._expiry) + n <= self.capacity
 
     def add(self, scope: str, token: str, now_s: float) -> None:
-        """Remember `token` until `now_s + retention_s`."""
-        self._expiry[(scope, token)] = now_s + self.retention_s
+        """Remember `token` until `now_s + retention_s`, or until the newest token expires if
+        that is later (after a shorter retention or a clock step back): expiry order must
+        stay insertion order, and keeping a token longer is always safe."""
+        expiry = now_s + self.retention_s
+        if self._expiry:
+            expiry = max(expiry, next(reversed(self._expiry.values())))
+        self._expiry[(scope, token)] = expiry
+
+    def configure(self, retention_s: float, capacity: int) -> None:
+        """New limits (a config reload), keeping every token. A longer retention extends the
+        kept tokens too: a larger skew_s may let a replay of one look fresh for longer. A
+        shorter one never cuts a kept token short, and a smaller capacity forgets nothing
+        (new requests wait until enough tokens expire)."""
+        grow = retention_s - self.retention_s
+        if grow > 0:  # a uniform shift keeps expiry order
+            self._expiry = OrderedDict((k, e + grow) for k, e in self._expiry.items())
+        self.retention_s = retention_s
+        self.capacity = capacity
 
     def _purge(self, now_s: float) -> None:
         """Drop expired tokens from the oldest end (insertion order is expiry order)."""
@@ -142,7 +159,9 @@ class Verifier:
     ) -> None:
         """`not_before`: the start of this process. The nonce cache lives in memory, so a
         request signed before it existed is refused: it may have been carried out already.
+        `trail_opened` raises it further once the audit trail tells when the last run ended.
         """
+        self._started = not_before
         self._not_before = not_before
         self._cmd = access.commands
         self._roles = {u.id: u.role for u in access.users}
@@ -153,13 +172,32 @@ class Verifier:
         self._request_ids = NonceCache(self._cmd.nonce_retention_s, self._cmd.nonce_cache_max)
 
     def reconfigure(self, access: AccessConfig, keys: Mapping[str, UserKey], plant: Plant) -> None:
-        """New users, roles, keys and plant (a config reload); the replay caches are kept,
-        so a request accepted before the reload cannot be replayed after it."""
+        """New users, roles, keys and plant (a config reload); the replay caches keep their
+        entries under the new retention and capacity, so a request accepted before the
+        reload cannot be replayed after it, even when the reload widens skew_s."""
         self._cmd = access.commands
         self._roles = {u.id: u.role for u in access.users}
         self._keys = keys
         self._plant = plant
         self._policy = Policy(access.roles)
+        for cache in (self._nonces, self._request_ids):
+            cache.configure(self._cmd.nonce_retention_s, self._cmd.nonce_cache_max)
+
+    def trail_opened(self, last_time: datetime | None) -> None:
+        """Refuse what the previous run may have accepted: `last_time` is the newest audit
+        record before this run appended any. Every request it accepted was audited by then,
+        so was signed at most max_future_s after it. Taking the earlier of it and the start
+        keeps a clock that stepped back from pushing the bound far ahead."""
+        if last_time is None:
+            return
+        start = self._started if self._started is not None else last_time
+        bound = min(last_time, start) + timedelta(seconds=self._cmd.max_future_s)
+        self._not_before = max(start, bound)
+
+    @property
+    def not_before(self) -> datetime | None:
+        """Requests signed at or before this are refused (None: no such bound)."""
+        return self._not_before
 
     def verify(
         self, topic_verb: str, payload: bytes, now: datetime, client: str | None = None
@@ -201,12 +239,7 @@ class Verifier:
         return role
 
     def _fresh(self, ts: datetime, now: datetime) -> None:
-        if self._not_before is not None and ts < self._not_before:
-            raise Refusal(
-                "stale_timestamp",
-                "signed before the daemon (re)started, so it cannot be checked for replay: "
-                "sign it again",
-            )
+        """Within the clock window, and after anything the previous run may have accepted."""
         age_s = (now - ts).total_seconds()
         if age_s > self._cmd.skew_s:
             raise Refusal(
@@ -214,11 +247,19 @@ class Verifier:
                 f"signed {age_s:.1f} s ago, more than {self._cmd.skew_s:g} s: "
                 "send it again, and check the client's clock",
             )
-        if age_s < -self._cmd.skew_s:
+        if age_s < -self._cmd.max_future_s:
             raise Refusal(
                 "future_timestamp",
-                f"signed {-age_s:.1f} s in the future, more than {self._cmd.skew_s:g} s: "
+                f"signed {-age_s:.1f} s in the future, more than {self._cmd.max_future_s:g} s: "
                 "check the client's clock",
+            )
+        if self._not_before is not None and ts <= self._not_before:
+            after = _utc_ceil_s(self._not_before)
+            raise Refusal(
+                "stale_timestamp",
+                "signed too early: the daemon (re)started and cannot tell whether it carried "
+                f"this request out before, so it cannot be checked for replay: sign it again "
+                f"after {after}",
             )
 
     def _not_replayed(self, request: Request, now_s: float) -> None:
@@ -389,6 +430,14 @@ def _audit(
         request_id=request.request_id,
         signed_ts=request.fields["ts"],  # type: ignore[arg-type]  # a str once parsed
     )
+
+
+def _utc_ceil_s(t: datetime) -> str:
+    """`t` in UTC, rounded up to the whole second, for a person to wait until."""
+    t = t.astimezone(UTC)
+    if t.microsecond:
+        t = t.replace(microsecond=0) + timedelta(seconds=1)
+    return t.isoformat().replace("+00:00", "Z")
 
 
 def _new_value(request: Request) -> Value:

@@ -10,6 +10,7 @@ never a patient's name: the pattern allows no spaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -84,9 +85,7 @@ class BatchRegistry:
                 raise BatchRefused("batch_running", f"batch {batch} runs on {other.device}")
         now = _now()
         record = Batch(device, batch, product, phase, now, user)
-        self._running[device] = record
-        self._save()
-        self._history({"event": "start", **asdict(record)})
+        self._commit({**self._running, device: record}, {"event": "start", **asdict(record)})
         return record
 
     def end(self, device: str, batch: str, user: str) -> Batch:
@@ -95,9 +94,10 @@ class BatchRegistry:
         if current is None or current.batch != batch:
             what = f"batch {current.batch}" if current else "no batch"
             raise BatchRefused("no_such_batch", f"{device} runs {what}, not {batch}")
-        del self._running[device]
-        self._save()
-        self._history({"event": "end", **asdict(current), "ended": _now(), "ended_by": user})
+        running = {d: b for d, b in self._running.items() if d != device}
+        self._commit(
+            running, {"event": "end", **asdict(current), "ended": _now(), "ended_by": user}
+        )
         return current
 
     def _sync(self) -> None:
@@ -105,23 +105,65 @@ class BatchRegistry:
         self.by_device.clear()
         self.by_device.update({d: b.batch for d, b in self._running.items()})
 
-    def _save(self) -> None:
-        self._sync()
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data = {"running": [asdict(b) for b in self._running.values()]}
-        tmp = self._path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(self._path)
-        _fsync_dir(self._dir)
+    def _commit(self, running: dict[str, Batch], event: dict[str, str]) -> None:
+        """Persist the history event, then the running set, and only then adopt `running`.
 
-    def _history(self, event: dict[str, str]) -> None:
-        with (self._dir / HISTORY).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(event, separators=(",", ":")) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        All or nothing: if a write fails (disk full) the error propagates with memory, the
+        running file and the history as they were, so no scan is stamped with a batch the
+        command was reported to have failed to start (or ended).
+        """
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        size = self._history(event)
+        try:
+            self._save(running)
+        except BaseException:
+            _truncate(self._dir / HISTORY, size)
+            raise
+        self._running = running
+        self._sync()
+
+    def _save(self, running: dict[str, Batch]) -> None:
+        """Replace the running file atomically; on failure the old one stays (or is put back)."""
+        self._replace(running)
+        try:
+            _fsync_dir(self._dir)
+        except BaseException:
+            with contextlib.suppress(OSError):  # best effort: the rename may not be durable
+                self._replace(self._running)
+            raise
+
+    def _replace(self, running: dict[str, Batch]) -> None:
+        tmp = self._path.with_suffix(".tmp")
+        data = {"running": [asdict(b) for b in running.values()]}
+        try:
+            with tmp.open("w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(self._path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _history(self, event: dict[str, str]) -> int:
+        """Append `event` durably; returns the file's size before it (to undo the append)."""
+        line = (json.dumps(event, separators=(",", ":")) + "\n").encode("utf-8")
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        fd = os.open(self._dir / HISTORY, flags, 0o666)  # as open("a"): the umask decides
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
+        return size
 
 
 def history(state_dir: Path) -> list[dict[str, str]]:
@@ -135,6 +177,12 @@ def history(state_dir: Path) -> list[dict[str, str]]:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _truncate(path: Path, size: int) -> None:
+    """Cut an append that must not stand back off; best effort (it is already failing)."""
+    with contextlib.suppress(OSError):
+        os.truncate(path, size)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -9,6 +9,7 @@ device then refuses gets a second record (`failed: …`) and a reply with `ok: f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,7 +59,25 @@ class CommandService:
         return f"{self._prefix}/cmd/#"  # verbs like batch/start have two levels
 
     async def handle(self, topic: str, payload: bytes) -> list[Message]:
-        """The reply and audit events for one request (no reply when it had no request_id)."""
+        """The reply and audit events for one request (no reply when it had no request_id).
+
+        Once begun, a request is handled to its end even if the caller is cancelled (the MQTT
+        session failed, shutdown): an `accepted` record must be followed by the action or a
+        `failed` record. The cancellation is re-raised when it is done.
+        """
+        inner = asyncio.create_task(self._handle(topic, payload), name="command")
+        try:
+            return await asyncio.shield(inner)
+        except asyncio.CancelledError:
+            while not inner.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait((inner,))
+            if not inner.cancelled() and (exc := inner.exception()) is not None:
+                log.exception("command on %s failed while cancelled", topic[-60:], exc_info=exc)
+            raise
+
+    async def _handle(self, topic: str, payload: bytes) -> list[Message]:
+        """Verify, audit, carry out: not to be interrupted between audit and action."""
         head = f"{self._prefix}/cmd/"
         verb = topic[len(head) :] if topic.startswith(head) else topic.rsplit("/", 1)[-1]
         now = self._clock()

@@ -49,6 +49,13 @@ class ControlPlane:
             self._verifier = Verifier(_access(cfg), keys, self.plant, not_before=datetime.now(UTC))
             self.commands = CommandService(self._verifier, self.plant, None, cfg.topic_prefix)
 
+    def trail_opened(self, last_time: datetime | None) -> None:
+        """The audit trail is open and its newest record, before this run appended any, is
+        from `last_time` (None: empty): refuse requests the previous run may have accepted.
+        Call it before the command channel starts."""
+        if self._verifier is not None:
+            self._verifier.trail_opened(last_time)
+
     def rebuild(
         self,
         cfg: SiteConfig,

@@ -266,6 +266,21 @@ def test_next_writer_keeps_a_torn_tail_in_a_recovery_record(five: list[bytes], p
     assert run_verify(path)[0] == 0
 
 
+def test_last_time_is_the_newest_record_before_this_writer_appended(
+    five: list[bytes], path: Path
+) -> None:
+    """`last_time` ends the previous run (restart replay bound): not this writer's records."""
+    path.write_bytes(b"".join(five) + b'{"action":"set')  # a torn tail: a recovery record
+    with AuditTrail.open(path, clock=Clock(T0 + timedelta(hours=1))) as trail:
+        assert trail.last_seq == 6
+        trail.append(**entry(9))
+        assert trail.last_time == T0 + timedelta(seconds=4)
+    empty = path.with_name("empty.jsonl")
+    with AuditTrail.open(empty, clock=Clock()) as trail:
+        trail.append(**entry(0))
+        assert trail.last_time is None
+
+
 def test_unreadable_last_line_refuses_the_writer(five: list[bytes], path: Path) -> None:
     """With no readable head there is nothing to chain to: the writer refuses to start."""
     path.write_bytes(b"".join(five) + b"garbage\n")

@@ -26,6 +26,7 @@ from controller.access_config import (
     load_keys,
     read_key,
 )
+from controller.audit import AuditTrail
 from controller.authz import Limits, NonceCache, Target, Verifier
 from controller.cmd_client import send_command, sign_request
 from controller.commands import Accepted, Mode, Refused, Setpoint, Write, reply_payload, reply_topic
@@ -274,13 +275,17 @@ def test_signature_is_checked_before_freshness_and_replay() -> None:
 
 
 def test_stale_and_future_timestamps_are_refused() -> None:
-    """A request signed more than skew_s before or after now is refused, saying by how much."""
+    """More than skew_s old or max_future_s ahead is refused, saying by how much."""
     stale = refusal("setpoint", signed(now=NOW - timedelta(seconds=31)))
     future = refusal("setpoint", signed(now=NOW + timedelta(seconds=45)))
     assert stale.code == "stale_timestamp" and "31.0 s ago" in stale.message
     assert future.code == "future_timestamp" and "45.0 s in the future" in future.message
     edge = make_verifier().verify("setpoint", wire(signed(now=NOW - timedelta(seconds=30))), NOW)
     assert isinstance(edge, Accepted)
+    ahead = make_verifier().verify("setpoint", wire(signed(now=NOW + timedelta(seconds=5))), NOW)
+    assert isinstance(ahead, Accepted)
+    beyond = refusal("setpoint", signed(now=NOW + timedelta(seconds=6)))
+    assert beyond.code == "future_timestamp" and "more than 5 s" in beyond.message
 
 
 def test_replayed_nonce_and_reused_request_id_are_refused() -> None:
@@ -300,10 +305,10 @@ def test_replayed_nonce_and_reused_request_id_are_refused() -> None:
 def test_replay_within_the_window_is_refused_even_at_its_last_fresh_instant() -> None:
     """A request signed at the future edge of the window cannot be replayed at its stale edge."""
     v = make_verifier()
-    req = signed(now=NOW + timedelta(seconds=30))
+    req = signed(now=NOW + timedelta(seconds=5))
     assert isinstance(v.verify("setpoint", wire(req), NOW), Accepted)
-    assert refusal("setpoint", req, NOW + timedelta(seconds=60), v).code == "replayed_nonce"
-    assert refusal("setpoint", req, NOW + timedelta(seconds=61), v).code == "stale_timestamp"
+    assert refusal("setpoint", req, NOW + timedelta(seconds=35), v).code == "replayed_nonce"
+    assert refusal("setpoint", req, NOW + timedelta(seconds=36), v).code == "stale_timestamp"
 
 
 def test_requests_signed_before_a_restart_are_refused() -> None:
@@ -311,7 +316,45 @@ def test_requests_signed_before_a_restart_are_refused() -> None:
     v = Verifier(ACCESS, KEYS, FakePlant(), not_before=NOW)
     early = refusal("setpoint", signed(now=NOW - timedelta(seconds=1)), NOW, v)
     assert early.code == "stale_timestamp" and "(re)started" in early.message
-    assert isinstance(v.verify("setpoint", wire(signed()), NOW), Accepted)
+    assert "sign it again after 2026-11-22T08:00:00Z" in early.message
+    assert refusal("setpoint", signed(), NOW, v).code == "stale_timestamp"
+    later = NOW + timedelta(milliseconds=1)
+    assert isinstance(v.verify("setpoint", wire(signed(now=later)), later), Accepted)
+
+
+def test_a_request_accepted_before_a_crash_is_refused_after_the_restart(tmp_path: Path) -> None:
+    """Signed max_future_s ahead, accepted and audited just before a crash: after a restart
+    within that margin the audit trail's last record still refuses its replay."""
+    trail_file = tmp_path / "audit.jsonl"
+    v1 = Verifier(ACCESS, KEYS, FakePlant(), not_before=NOW - timedelta(hours=1))
+    req = signed(now=NOW + timedelta(seconds=5))
+    accepted = v1.verify("setpoint", wire(req), NOW)
+    assert isinstance(accepted, Accepted)
+    with AuditTrail.open(trail_file, clock=lambda: NOW) as trail:
+        trail.append(**accepted.audit.seal_fields())
+    restart = NOW + timedelta(seconds=3)  # crash, systemd restarts within max_future_s
+    v2 = Verifier(ACCESS, KEYS, FakePlant(), not_before=restart)
+    with AuditTrail.open(trail_file) as trail:
+        v2.trail_opened(trail.last_time)
+    replay = refusal("setpoint", req, restart + timedelta(seconds=1), v2)
+    assert replay.code == "stale_timestamp"
+    assert "sign it again after 2026-11-22T08:00:05Z" in replay.message
+    resigned = signed(now=NOW + timedelta(seconds=5, milliseconds=1))
+    assert isinstance(v2.verify("setpoint", wire(resigned), restart), Accepted)
+
+
+def test_the_restart_bound_never_falls_before_the_start_nor_runs_far_ahead() -> None:
+    """An old trail leaves the start as the bound; a trail from the future (the clock stepped
+    back) pushes it only max_future_s past the start; an empty trail changes nothing."""
+    cases = [
+        (NOW - timedelta(days=1), NOW),
+        (NOW + timedelta(days=1), NOW + timedelta(seconds=5)),
+        (None, NOW),
+    ]
+    for last_time, bound in cases:
+        v = Verifier(ACCESS, KEYS, FakePlant(), not_before=NOW)
+        v.trail_opened(last_time)
+        assert v.not_before == bound
 
 
 def test_full_replay_cache_refuses_instead_of_forgetting() -> None:
@@ -452,6 +495,39 @@ def test_nonce_cache_remembers_exactly_for_the_retention(t0: float, dt: float, k
     assert not cache.seen("bob", "n1", t0)
 
 
+def test_a_reload_applies_its_retention_to_the_replay_caches() -> None:
+    """Raising skew_s and nonce_retention_s by reload: no nonce, from before or after the
+    reload, is forgotten while a replay of it could look fresh under the new skew."""
+    v = make_verifier()
+    before = signed()
+    assert isinstance(v.verify("setpoint", wire(before), NOW), Accepted)
+    wider = {"skew_s": 300.0, "nonce_retention_s": 600.0, "nonce_cache_max": 200}
+    access = ACCESS.model_copy(update={"commands": ACCESS.commands.model_copy(update=wider)})
+    v.reconfigure(access, KEYS, FakePlant())
+    after = signed()
+    assert isinstance(v.verify("setpoint", wire(after), NOW), Accepted)
+    for req in (before, after):
+        assert refusal("setpoint", req, NOW + timedelta(seconds=130), v).code == "replayed_nonce"
+        assert refusal("setpoint", req, NOW + timedelta(seconds=299), v).code == "replayed_nonce"
+    fill = {"loop": "br-1.temp", "value": 35}
+    outcomes = [v.verify("setpoint", wire(signed(body=fill, user="bob")), NOW) for _ in range(198)]
+    assert all(isinstance(o, Accepted) for o in outcomes)  # 200 fit, not the startup 100
+    assert refusal("setpoint", signed(), NOW, v).code == "busy"
+
+
+def test_a_shorter_retention_forgets_no_nonce_early_and_purges_in_order() -> None:
+    """Tokens added after a shorter retention expire no earlier than those before them, so
+    purging from the oldest end stays complete and nothing is forgotten early."""
+    cache = NonceCache(100.0, 10)
+    cache.add("u", "old", 0.0)
+    cache.configure(10.0, 2)
+    cache.add("u", "new", 1.0)
+    assert cache.seen("u", "old", 99.0) and cache.seen("u", "new", 99.0)
+    assert not cache.has_room(1, 99.0)  # a smaller capacity forgets nothing either
+    assert not cache.seen("u", "old", 100.0) and not cache.seen("u", "new", 100.0)
+    assert len(cache) == 0 and cache.has_room(2, 100.0)
+
+
 def test_nonce_cache_forgets_old_nonces() -> None:
     """Expired nonces are dropped, so the cache does not grow without bound."""
     cache = NonceCache(10.0, 1000)
@@ -515,6 +591,11 @@ def test_access_config_is_checked() -> None:
         )
     with pytest.raises(ValueError, match="at least 2 × skew_s"):
         CommandsSection(skew_s=60, nonce_retention_s=100)
+    with pytest.raises(ValueError, match=r"max_future_s \(10.0\) must be at most skew_s"):
+        CommandsSection(skew_s=8, nonce_retention_s=100, max_future_s=10)
+    with pytest.raises(ValueError, match="greater than 0"):
+        CommandsSection(max_future_s=0)
+    assert CommandsSection().max_future_s == 5.0
     with pytest.raises(ValueError, match="Extra inputs"):
         AccessConfig.model_validate({"users": [], "key": "deadbeef"})
 
