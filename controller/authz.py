@@ -155,12 +155,15 @@ class Verifier:
         access: AccessConfig,
         keys: Mapping[str, UserKey],
         plant: Plant,
+        *,
+        site: str,
         not_before: datetime | None = None,
     ) -> None:
         """`not_before`: the start of this process. The nonce cache lives in memory, so a
         request signed before it existed is refused: it may have been carried out already.
         `trail_opened` raises it further once the audit trail tells when the last run ended.
         """
+        self._site = site  # requests must be signed for it
         self._started = not_before
         self._not_before = not_before
         self._cmd = access.commands
@@ -204,7 +207,7 @@ class Verifier:
     ) -> Outcome:
         """The decision on one request; `client` is what the transport knows of the sender."""
         try:
-            request = parse(topic_verb, payload, self._cmd.max_payload_bytes)
+            request = parse(topic_verb, payload, self._site, self._cmd.max_payload_bytes)
         except Refusal as refusal:
             return self._refused_unparsed(refusal, topic_verb, payload, now, client)
         try:

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         key,
         args.verb,
         body,
+        site=cfg.site.id,
         reason=args.reason,
         now=datetime.now(UTC),
         nonce=new_nonce(),

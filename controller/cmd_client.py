@@ -42,6 +42,7 @@ def sign_request(
     verb: str,
     body: Mapping[str, JsonScalar],
     *,
+    site: str,
     reason: str,
     now: datetime,
     nonce: str,
@@ -60,6 +61,7 @@ def sign_request(
         "ts": utc_timestamp(now),
         "nonce": nonce,
         "verb": verb,
+        "site": site,
     }
     if client is not None:
         fields["client"] = client

@@ -45,7 +45,7 @@ __all__ = [
 
 Value = float | str | None
 
-COMMON = ("request_id", "user", "reason", "ts", "nonce", "sig", "verb")
+COMMON = ("request_id", "user", "reason", "ts", "nonce", "sig", "verb", "site")
 OPTIONAL = ("client",)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")  # safe in a topic: no '/', '+', '#'
 NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
@@ -193,8 +193,12 @@ def reply_body(request_id: str | None, ok: bool, code: str, message: str, now: d
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def parse(topic_verb: str, payload: bytes, max_bytes: int = 4096) -> Request:
-    """The request in `payload` sent on `<prefix>/cmd/<topic_verb>`, or a Refusal."""
+def parse(topic_verb: str, payload: bytes, site: str, max_bytes: int = 4096) -> Request:
+    """The request in `payload` sent on `<prefix>/cmd/<topic_verb>` to the daemon of `site`.
+
+    `site` is signed like `verb`: a request meant for one site cannot be replayed to another
+    that shares the broker, user ids and keys (a test and a production suite, say).
+    """
     if topic_verb not in VERBS:
         raise Refusal("unknown_verb", f"unknown verb {topic_verb[:40]!r} (known: {_known()})")
     fields = decode(payload, max_bytes)
@@ -203,6 +207,9 @@ def parse(topic_verb: str, payload: bytes, max_bytes: int = 4096) -> Request:
         raise Refusal(
             "verb_mismatch", f"field verb is {_short(verb)} but the topic is cmd/{topic_verb}"
         )
+    claimed = fields.get("site")
+    if "site" in fields and claimed != site:
+        raise Refusal("wrong_site", f"signed for site {_short(claimed)}, this is site {site!r}")
     _check_members(topic_verb, fields)
     return Request(
         request_id=text(fields, "request_id", REQUEST_ID, "8-64 letters, digits, '-' or '_'"),

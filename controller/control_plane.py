@@ -46,7 +46,9 @@ class ControlPlane:
         self.commands: CommandService | None = None
         self._verifier: Verifier | None = None
         if has_controls(cfg):
-            self._verifier = Verifier(_access(cfg), keys, self.plant, not_before=datetime.now(UTC))
+            self._verifier = Verifier(
+                _access(cfg), keys, self.plant, site=cfg.site.id, not_before=datetime.now(UTC)
+            )
             self.commands = CommandService(self._verifier, self.plant, None, cfg.topic_prefix)
 
     def trail_opened(self, last_time: datetime | None) -> None:

@@ -179,8 +179,9 @@ class Floor:
 
     async def command(self, verb: str, body: dict[str, Any], reason: str) -> dict[str, Any]:
         request = sign_request(
-            "olga", self.key, verb, body, reason=reason, now=datetime.now(UTC), nonce=new_nonce()
-        )
+            "olga", self.key, verb, body, site=self.cfg.site.id, reason=reason,
+            now=datetime.now(UTC), nonce=new_nonce(),
+        )  # fmt: skip
         return await send_to_broker(HOST, self.broker.port, self.prefix, request)
 
 

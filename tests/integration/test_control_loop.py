@@ -136,6 +136,7 @@ class Floor:
         kw.setdefault("now", datetime.now(UTC))
         kw.setdefault("nonce", new_nonce())
         kw.setdefault("reason", "integration test")
+        kw.setdefault("site", self.cfg.site.id)
         return sign_request(user, key, verb, body, **kw)
 
 

@@ -38,6 +38,8 @@ KEYS = {
     "bob": UserKey("bob", bytes(range(100, 132))),
     "vic": UserKey("vic", bytes(range(200, 232))),
 }
+SITE = "suite-a"  # the daemon's site: every request is signed for it
+
 ACCESS = AccessConfig.model_validate(
     {
         "users": [
@@ -91,7 +93,7 @@ class FakePlant:
 
 
 def make_verifier(access: AccessConfig = ACCESS) -> Verifier:
-    return Verifier(access, KEYS, FakePlant())
+    return Verifier(access, KEYS, FakePlant(), site=SITE)
 
 
 _counter = iter(range(10**9))
@@ -109,7 +111,7 @@ def signed(
     key = KEYS[user].secret if user in KEYS else bytes(32)
     n = next(_counter)
     return sign_request(
-        user, key, verb, body, reason="batch B-17 step 4", now=now,
+        user, key, verb, body, site=SITE, reason="batch B-17 step 4", now=now,
         nonce=f"nonce-{n:012d}", request_id=f"req-{n:08d}", client="test",
         **kwargs,
     )  # fmt: skip
@@ -313,7 +315,7 @@ def test_replay_within_the_window_is_refused_even_at_its_last_fresh_instant() ->
 
 def test_requests_signed_before_a_restart_are_refused() -> None:
     """The replay cache is in memory, so a request signed before the verifier existed is stale."""
-    v = Verifier(ACCESS, KEYS, FakePlant(), not_before=NOW)
+    v = Verifier(ACCESS, KEYS, FakePlant(), site=SITE, not_before=NOW)
     early = refusal("setpoint", signed(now=NOW - timedelta(seconds=1)), NOW, v)
     assert early.code == "stale_timestamp" and "(re)started" in early.message
     assert "sign it again after 2026-11-22T08:00:00Z" in early.message
@@ -326,14 +328,14 @@ def test_a_request_accepted_before_a_crash_is_refused_after_the_restart(tmp_path
     """Signed max_future_s ahead, accepted and audited just before a crash: after a restart
     within that margin the audit trail's last record still refuses its replay."""
     trail_file = tmp_path / "audit.jsonl"
-    v1 = Verifier(ACCESS, KEYS, FakePlant(), not_before=NOW - timedelta(hours=1))
+    v1 = Verifier(ACCESS, KEYS, FakePlant(), site=SITE, not_before=NOW - timedelta(hours=1))
     req = signed(now=NOW + timedelta(seconds=5))
     accepted = v1.verify("setpoint", wire(req), NOW)
     assert isinstance(accepted, Accepted)
     with AuditTrail.open(trail_file, clock=lambda: NOW) as trail:
         trail.append(**accepted.audit.seal_fields())
     restart = NOW + timedelta(seconds=3)  # crash, systemd restarts within max_future_s
-    v2 = Verifier(ACCESS, KEYS, FakePlant(), not_before=restart)
+    v2 = Verifier(ACCESS, KEYS, FakePlant(), site=SITE, not_before=restart)
     with AuditTrail.open(trail_file) as trail:
         v2.trail_opened(trail.last_time)
     replay = refusal("setpoint", req, restart + timedelta(seconds=1), v2)
@@ -352,7 +354,7 @@ def test_the_restart_bound_never_falls_before_the_start_nor_runs_far_ahead() -> 
         (None, NOW),
     ]
     for last_time, bound in cases:
-        v = Verifier(ACCESS, KEYS, FakePlant(), not_before=NOW)
+        v = Verifier(ACCESS, KEYS, FakePlant(), site=SITE, not_before=NOW)
         v.trail_opened(last_time)
         assert v.not_before == bound
 
@@ -479,8 +481,25 @@ def test_sign_request_round_trips_through_the_verifier() -> None:
     assert verify(KEYS["bob"].secret, req, req["sig"])
     assert isinstance(make_verifier().verify("write", wire(req), NOW), Accepted)
     with pytest.raises(ValueError, match="user"):
-        sign_request("bob", b"k" * 32, "write", {"user": "alice"}, reason="r", now=NOW,
-                     nonce="n" * 16)  # fmt: skip
+        sign_request("bob", b"k" * 32, "write", {"user": "alice"}, site=SITE, reason="r",
+                     now=NOW, nonce="n" * 16)  # fmt: skip
+
+
+def test_a_request_signed_for_another_site_is_refused_before_its_signature() -> None:
+    """Suites that share a broker, user ids and keys cannot replay each other's requests."""
+    elsewhere = signed()
+    elsewhere = {**elsewhere, "site": "suite-b"}
+    outcome = make_verifier().verify("setpoint", wire(resign(elsewhere)), NOW)
+    assert isinstance(outcome, Refused)
+    assert outcome.code == "wrong_site"
+    assert outcome.message == "signed for site 'suite-b', this is site 'suite-a'"
+    unsigned = {k: v for k, v in signed().items() if k != "site"}
+    missing = make_verifier().verify("setpoint", wire(resign(unsigned)), NOW)
+    assert isinstance(missing, Refused)
+    assert (missing.code, missing.message) == (
+        "missing_field",
+        "missing field(s) for setpoint: site",
+    )
 
 
 # --- the replay cache ----------------------------------------------------------------------
