@@ -187,6 +187,8 @@ class CellCounterDriver:
     async def _read_lines(self, port: SerialLines) -> None:
         while True:
             try:
+                # the timeout runs from a line's first byte: idle time between records
+                # is not counted (silence is judged by stale_after_s in read())
                 line = await port.readline(self._cfg.record_timeout_s)
             except TimeoutError:
                 partial = port.take_partial()

@@ -21,7 +21,8 @@ from pymodbus import ModbusException
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
-from drivers.modbus_reader import EXCEPTION_NAMES
+from drivers.modbus_reader import EXCEPTION_NAMES, read_reply_mismatch
+from drivers.modbus_writer import echo_mismatch
 
 # --- holding registers (FC 3 read, FC 6 write) ------------------------------------------
 HR_MAP_VERSION = 0  # 40001
@@ -262,6 +263,9 @@ class Session:
             raise self._io_error(exc) from exc
         if reply.isError():
             raise _exception(6, int(reply.function_code), int(reply.exception_code))
+        mismatch = echo_mismatch(address, [value & 0xFFFF], reply)
+        if mismatch is not None:  # the setting may not be in place: resynchronise
+            raise DeviceError(f"invalid reply: {mismatch}", link_down=True)
 
     async def write_u32(self, address: int, value: int) -> None:
         """A 32-bit setting as two FC 6 writes, high word first (the vendor's order)."""
@@ -278,6 +282,9 @@ class Session:
             raise self._io_error(exc) from exc
         if reply.isError():
             raise _exception(function, int(reply.function_code), int(reply.exception_code))
+        mismatch = read_reply_mismatch(function, count, reply)
+        if mismatch is not None:  # a reply to another request, or garbage: resynchronise
+            raise DeviceError(f"invalid reply: {mismatch}", link_down=True)
         registers = list(reply.registers)
         if len(registers) < count:
             raise DeviceError(f"short reply: {len(registers)} of {count} registers", True)

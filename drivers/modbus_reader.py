@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
-from typing import cast
+from typing import Any, cast
 
 from pymodbus import ModbusException
 from pymodbus.exceptions import ConnectionException, ModbusIOException
@@ -62,14 +62,38 @@ async def read_registers(
         return RequestFailure("disconnected", link_down=True)
     except ModbusException as exc:
         return RequestFailure(f"modbus error: {exc}", link_down=True)
+    return _judge_reply(req, reply)
+
+
+def _judge_reply(req: ReadRequest, reply: Any) -> list[int] | RequestFailure:
+    """The registers of a reply that answers `req`, else why it cannot be used."""
     if reply.isError():
         return _exception_failure(req, int(reply.function_code), int(reply.exception_code))
+    mismatch = read_reply_mismatch(req.function, req.count, reply)
+    if mismatch is not None:  # a reply to another request, or garbage: resynchronise
+        return RequestFailure(f"invalid reply: {mismatch}", link_down=True)
     registers = list(reply.registers)
     if len(registers) < req.count:
         return RequestFailure(
             f"short reply: {len(registers)} of {req.count} registers", link_down=False
         )
     return registers
+
+
+def read_reply_mismatch(function: int, count: int, reply: Any) -> str | None:
+    """How a non-error read reply does not answer its request; None when it does.
+
+    pymodbus decodes whatever function code comes back, so an FC 4 reply to an FC 3
+    request (or one with extra registers) would otherwise be taken as good values.
+    Fewer registers than asked is left to the caller (a short reply).
+    """
+    got = int(reply.function_code)
+    if got != function:
+        return f"function code {got:#04x} to a function {function:#04x} request"
+    n = len(reply.registers)
+    if n > count:
+        return f"{n} registers, {count} asked"
+    return None
 
 
 def _exception_failure(req: ReadRequest, function_code: int, code: int) -> RequestFailure:
@@ -133,8 +157,7 @@ async def read_plan(
     down: RequestFailure | None = None
     done = 0
     try:
-        # One guard per scan, in case the library itself hangs: pymodbus times out each read.
-        async with asyncio.timeout(len(plan) * (timeout_s * 2 + 0.5)):
+        async with asyncio.timeout(_scan_guard_s(client, len(plan), timeout_s)):
             for req in plan:
                 result = await read_registers(client, req, timeout_s)
                 t_ns = utc_now_ns()
@@ -152,6 +175,18 @@ async def read_plan(
     for req in plan[done:]:
         samples += failed_request(req, down.reason if down else "not read", t_ns)
     return samples, down
+
+
+def _scan_guard_s(client: object, reads: int, timeout_s: float) -> float | None:
+    """One guard per scan, in case the library itself hangs (pymodbus times out each read).
+
+    None for a client on a shared line (`queues_requests`, an RTU bus view): the bus
+    guards each frame once it holds the line, and time queued behind other slaves is not
+    this device's; counting it read healthy slaves BAD and cut frames off on the wire.
+    """
+    if getattr(client, "queues_requests", False):
+        return None
+    return reads * (timeout_s * 2 + 0.5)
 
 
 def apply_validity(specs: Sequence[RegisterSpec], samples: list[Sample]) -> list[Sample]:

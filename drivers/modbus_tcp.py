@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Literal, Self
 
@@ -18,7 +20,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from drivers.backoff import Backoff
 from drivers.base import DeviceBase
-from drivers.modbus_reader import MapScanner
+from drivers.modbus_reader import MapScanner, RequestFailure
 from drivers.modbus_writer import RegisterWriter
 from drivers.registermap import RegisterMap, RegisterSpec
 from drivers.sample import Sample
@@ -58,12 +60,17 @@ class ModbusTcpConfig(DeviceBase):
 class ModbusTcpDriver:
     """One TCP session to one device; `read()` returns one Sample per tag, every time."""
 
-    def __init__(self, cfg: ModbusTcpConfig, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ModbusTcpConfig,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._cfg = cfg
         self._map = MapScanner(cfg.registers, cfg.max_gap_registers, log, f"device {cfg.id}")
         self._writer = RegisterWriter(cfg.registers, f"device {cfg.id}")
         self._client: AsyncModbusTcpClient | None = None
-        self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng)
+        self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng, clock)
         self._link = TransitionLog(log, f"device {cfg.id}")
 
     @property
@@ -93,6 +100,8 @@ class ModbusTcpDriver:
         if isinstance(client, str):
             return self._map.all_bad(client)
         samples, down = await self._map.scan(client, self._cfg.timeout_s)
+        if answered(samples, down):
+            self._backoff.succeeded()
         if down is not None:
             self._link.fail("link", down.reason)
             self._drop_client()
@@ -129,9 +138,8 @@ class ModbusTcpDriver:
             retries=0,
             reconnect_delay=0,  # 0 = no library reconnect: this driver owns it
         )
-        if await client.connect():
+        if await client.connect():  # the backoff resets on a reply, not here: see answered()
             self._client = client
-            self._backoff.succeeded()
             return client
         client.close()
         wait = self._backoff.failed()
@@ -143,3 +151,12 @@ class ModbusTcpDriver:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def answered(samples: Sequence[Sample], down: RequestFailure | None) -> bool:
+    """True when the device replied to this scan: every read answered, or one returned data.
+
+    Only a reply resets the reconnect backoff. A gateway that accepts connections but never
+    answers would otherwise be reconnected every `reconnect_min_s`, forever.
+    """
+    return down is None or any(s.value is not None for s in samples)

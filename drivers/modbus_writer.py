@@ -103,6 +103,30 @@ class RegisterWriter:
             raise RuntimeError(f"{what} failed: modbus error: {exc}") from None
         if reply.isError():
             raise RuntimeError(f"{what} refused: {_exception_text(reply)}")
+        mismatch = echo_mismatch(spec.address, registers, reply)
+        if mismatch is not None:
+            raise RuntimeError(f"{what} failed: invalid reply: {mismatch}")
+
+
+def echo_mismatch(address: int, values: Sequence[int], reply: Any) -> str | None:
+    """How a write reply differs from the echo its request asks for; None when it matches.
+
+    FC 6 echoes address and value, FC 16 address and count: any other reply answers some
+    other request (or is garbage), so the write cannot be taken as done.
+    """
+    function = 6 if len(values) == 1 else 16
+    got = int(reply.function_code)
+    if got != function:
+        return f"function code {got:#04x} to a function {function:#04x} request"
+    if function == 6:
+        echoed = list(reply.registers)
+        if reply.address != address or echoed != [values[0]]:
+            return f"echo of register {reply.address} = {echoed}, sent {address} = {values[0]}"
+    elif reply.address != address or reply.count != len(values):
+        return (
+            f"echo of {reply.count} registers at {reply.address}, sent {len(values)} at {address}"
+        )
+    return None
 
 
 def _exception_text(reply: Any) -> str:

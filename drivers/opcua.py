@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -34,6 +35,17 @@ log = logging.getLogger(__name__)
 
 NAN_REASON = "nan (device has no valid measurement)"
 NODEID_PREFIXES = ("s=", "i=", "g=", "b=")
+FLOAT32_MAX = 3.4028234663852886e38
+INTEGER_RANGES: dict[str, tuple[int, int]] = {  # by ua.VariantType name
+    "SByte": (-(2**7), 2**7 - 1),
+    "Byte": (0, 2**8 - 1),
+    "Int16": (-(2**15), 2**15 - 1),
+    "UInt16": (0, 2**16 - 1),
+    "Int32": (-(2**31), 2**31 - 1),
+    "UInt32": (0, 2**32 - 1),
+    "Int64": (-(2**63), 2**63 - 1),
+    "UInt64": (0, 2**64 - 1),
+}
 NOISY_LOGGERS = (
     "asyncua.client.ua_session",
     "asyncua.client.ua_client",
@@ -52,6 +64,24 @@ def quality_of(code: int) -> tuple[Quality, str | None]:
         return Quality.GOOD, None
     name = get_name_and_doc(code)[0]
     return (Quality.UNCERTAIN, name) if severity == 1 else (Quality.BAD, name)
+
+
+def node_value(type_name: str, value: float) -> bool | int | float:
+    """The value to encode for a node of VariantType `type_name`; ValueError if it cannot
+    hold `value`. Integers round to nearest as the Modbus path does (37.9 -> 38, not 37);
+    NaN, inf and out-of-range values are refused instead of escaping as OverflowError."""
+    if type_name == "Boolean":
+        return bool(value)
+    if type_name in {"Double", "Float"}:
+        if type_name == "Float" and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+            raise ValueError(f"{value:g} does not fit Float")
+        return float(value)
+    if not math.isfinite(value):  # integer types: asyncua answers BadTypeMismatch to a Double
+        raise ValueError(f"{value} does not fit {type_name}")
+    low, high = INTEGER_RANGES.get(type_name, (-math.inf, math.inf))
+    if not low <= round(value) <= high:
+        raise ValueError(f"{value:g} does not fit {type_name} ({low}..{high})")
+    return round(value)
 
 
 def datetime_ns(dt: datetime.datetime | None) -> int | None:
@@ -116,7 +146,12 @@ def quiet_asyncua() -> None:
 class OpcUaDriver:
     """One OPC UA session to one device; `read()` returns one Sample per tag, every time."""
 
-    def __init__(self, cfg: OpcUaConfig, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        cfg: OpcUaConfig,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not cfg.nodes or cfg.namespace_uri is None:
             raise RuntimeError(f"device {cfg.id}: profile {cfg.profile!r} was not resolved")
         self._cfg = cfg
@@ -127,7 +162,7 @@ class OpcUaDriver:
         self._unresolved: dict[str, str] = {}
         self._latest: dict[str, tuple[ua.DataValue, int, float]] = {}
         self._tag_of_handle: dict[int, str] = {}
-        self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng)
+        self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng, clock)
         self._link = TransitionLog(log, f"device {cfg.id}")
         self._tags = TransitionLog(log, f"device {cfg.id} tag")
         self.sessions = 0  # sessions opened so far (tests: a restart made a new one)
@@ -159,6 +194,8 @@ class OpcUaDriver:
             samples = self._from_subscription(t_ns)
         else:
             samples = await self._poll()
+        if self._answered():
+            self._backoff.succeeded()
         for sample in samples:
             if sample.reason is None:
                 self._tags.ok(sample.tag)
@@ -167,7 +204,8 @@ class OpcUaDriver:
         return samples
 
     async def write(self, tag: str, value: float) -> None:
-        """Write one value; raises ValueError (not writable) or RuntimeError (refused, down)."""
+        """Write one value; raises ValueError (not writable, or a value the node's type cannot
+        hold) or RuntimeError (refused, down)."""
         spec = self._by_tag.get(tag)
         if spec is None or not spec.writable:
             raise ValueError(f"device {self._cfg.id}: {tag!r} is not a writable tag")
@@ -180,12 +218,7 @@ class OpcUaDriver:
         timeout = self._cfg.timeout_s
         try:
             vtype = await asyncio.wait_for(node.read_data_type_as_variant_type(), timeout)
-            if vtype == ua.VariantType.Boolean:
-                variant = ua.Variant(bool(value), vtype)
-            elif vtype in {ua.VariantType.Double, ua.VariantType.Float}:
-                variant = ua.Variant(float(value), vtype)
-            else:  # integer types: asyncua answers BadTypeMismatch to a Double
-                variant = ua.Variant(int(value), vtype)
+            variant = ua.Variant(self._node_value(tag, vtype.name, value), vtype)
             await asyncio.wait_for(node.write_value(ua.DataValue(variant)), timeout)
         except UaStatusCodeError as exc:
             name = ua.StatusCode(ua.UInt32(exc.code)).name
@@ -194,6 +227,12 @@ class OpcUaDriver:
             ) from None
         except (ConnectionError, OSError, TimeoutError) as exc:
             raise RuntimeError(f"device {self._cfg.id}: write {tag} failed: {exc!r}") from None
+
+    def _node_value(self, tag: str, type_name: str, value: float) -> bool | int | float:
+        try:
+            return node_value(type_name, value)
+        except ValueError as exc:
+            raise ValueError(f"device {self._cfg.id}: cannot write {tag}: {exc}") from None
 
     async def _ensure_session(self) -> str | None:
         """None with a live session, or the reason why there is none right now."""
@@ -216,9 +255,18 @@ class OpcUaDriver:
             reason = f"connect to {self._cfg.url} failed: {_describe(exc)}"
             wait = self._lost(reason)
             return f"disconnected: {reason} (retry in {wait:.1f} s)"
-        self._backoff.succeeded()
-        self._link.ok("link")
+        self._link.ok("link")  # the backoff resets on the first data, not here: see _answered
         return None
+
+    def _answered(self) -> bool:
+        """True once the session delivered data: a poll that read values, a notification.
+
+        Only that resets the reconnect backoff; a server that opens sessions but never
+        answers a read would otherwise be reconnected every `reconnect_min_s`, forever.
+        """
+        if self._client is None:  # the poll failed and dropped the session
+            return False
+        return self._cfg.mode != "subscribe" or bool(self._latest)
 
     def _lost(self, reason: str) -> float:
         self._link.fail("link", reason)

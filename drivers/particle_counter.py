@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Literal, NamedTuple, Self
 
@@ -28,6 +30,7 @@ from simulators.particle_counter import ParticleCounterSimConfig
 log = logging.getLogger(__name__)
 
 CONC_UNIT = "particles/m3"
+DEVICE_ERROR_REASON = "counter reports DEVICE ERROR (40003 bit 3)"
 BEFORE_ANY = -(2**31)  # cursor before every record (the earliest s32 timestamp)
 REMOTE_3104_SIZES_UM = (0.3, 0.5, 1.0, 3.0, 5.0, 10.0)
 
@@ -88,6 +91,7 @@ class ParticleCounterDriver:
         cfg: ParticleCounterConfig,
         rng: random.Random | None = None,
         resume_after_s: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cfg = cfg
         self._index = {size: i for i, size in enumerate(cfg.channel_sizes_um)}
@@ -99,7 +103,7 @@ class ParticleCounterDriver:
             Tag("device_status", "code"),
         )
         self._session = lh.Session(cfg.host, cfg.port, cfg.unit_id, cfg.timeout_s)
-        self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng)
+        self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng, clock)
         self._link = TransitionLog(log, f"device {cfg.id}")
         self._last_t: int | None = resume_after_s
         self._started = False  # sampling flow done on this connection
@@ -156,7 +160,11 @@ class ParticleCounterDriver:
             self._link.fail("device", err.reason)
             return self._all_bad(err.reason)
         self._link.ok("link")
-        self._link.ok("device")
+        self._backoff.succeeded()  # a reply, not the connect, proves the counter answers
+        if lh.DeviceStatus.DEVICE_ERROR in status:
+            self._link.fail("device", DEVICE_ERROR_REASON)
+        else:
+            self._link.ok("device")
         return self._live(hold, status)
 
     # --- the sampling flow ----------------------------------------------------------------
@@ -286,14 +294,21 @@ class ParticleCounterDriver:
             Sample.good("flow", lh.flow_cfm(hold[lh.HR_FLOW]), "CFM", t_ns),
             Sample.good("device_status", float(hold[lh.HR_STATUS]), "code", t_ns),
         ]
-        if lh.DeviceStatus.RUNNING not in status:
-            self._started = False  # someone stopped it: run the flow again next poll
-            reason = f"counter not running (status {int(status)})"
-            return [Sample.bad(t.tag, t.unit, reason, t_ns) for t in self._tags[:-2]] + live
-        if not self._latest:
-            reason = "no record yet (first sample in progress)"
+        reason = self._why_not_live(status)
+        if reason is not None:
             return [Sample.bad(t.tag, t.unit, reason, t_ns) for t in self._tags[:-2]] + live
         return [*self._latest, *live]
+
+    def _why_not_live(self, status: lh.DeviceStatus) -> str | None:
+        """Why the record tags read BAD now, or None when the latest record stands."""
+        if lh.DeviceStatus.RUNNING not in status:
+            self._started = False  # someone stopped it: run the flow again next poll
+            return f"counter not running (status {int(status)})"
+        if lh.DeviceStatus.DEVICE_ERROR in status:  # the instrument distrusts its own data
+            return DEVICE_ERROR_REASON
+        if not self._latest:
+            return "no record yet (first sample in progress)"
+        return None
 
     def _all_bad(self, reason: str) -> list[Sample]:
         t_ns = utc_now_ns()
@@ -311,8 +326,7 @@ class ParticleCounterDriver:
         """None once connected, else the reason why not."""
         if not self._backoff.ready():
             return f"disconnected (next connect in {self._backoff.remaining_s():.1f} s)"
-        if await self._session.connect():
-            self._backoff.succeeded()
+        if await self._session.connect():  # the backoff resets on the first reply, in read()
             return None
         wait = self._backoff.failed()
         reason = f"connect to {self._cfg.host}:{self._cfg.port} failed"

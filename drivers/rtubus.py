@@ -27,6 +27,8 @@ from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from drivers.backoff import Backoff
+from drivers.modbus_reader import read_reply_mismatch
+from drivers.modbus_writer import echo_mismatch
 from drivers.registermap import Frozen
 from drivers.transitions import TransitionLog
 from simulators.dp_cascade import RtuBusSimConfig
@@ -112,6 +114,15 @@ class Frame:
         read = client.read_holding_registers if self.function == 3 else client.read_input_registers
         return read(self.address, count=self.count, device_id=unit)
 
+    def mismatch(self, reply: Any) -> str | None:
+        """How a reply fails to answer this frame (another request's, garbled); None if it does."""
+        if reply.isError():
+            got = int(reply.function_code) & 0x7F
+            return None if got == self.function else f"exception to function {got:#04x}"
+        if self.function in {3, 4}:
+            return read_reply_mismatch(self.function, self.count, reply)
+        return echo_mismatch(self.address, self.values, reply)
+
 
 def serial_client(cfg: RtuBusConfig) -> BusClient:
     """The real client: no library retries or reconnects, the bus owns both."""
@@ -136,7 +147,8 @@ class SlaveStats:
     requests: int = 0
     replies: int = 0
     exceptions: int = 0
-    timeouts: int = 0
+    timeouts: int = 0  # no reply in time, or the request was cancelled on the wire
+    invalid: int = 0  # replies that did not answer their request
     skipped: int = 0  # refused at once while backed off
 
     @property
@@ -180,6 +192,11 @@ class RtuBus:
     def queue_depth(self) -> int:
         """Requests waiting for or holding the line right now."""
         return self._waiting
+
+    @property
+    def port_failures(self) -> int:
+        """Port failures (open or mid-request) since a slave last answered: the reopen backoff."""
+        return self._reopen.failures
 
     @property
     def port_open(self) -> bool:
@@ -266,9 +283,14 @@ class RtuBus:
     async def _send(self, client: BusClient, stats: SlaveStats, unit: int, frame: Frame) -> Any:
         stats.requests += 1
         try:
-            # pymodbus times the request out itself; this guards against the library hanging
-            async with asyncio.timeout(self._cfg.timeout_s * 2 + 0.5):
-                reply = await frame.send(client, unit)
+            reply = await self._on_wire(client, unit, frame)
+        except asyncio.CancelledError:
+            # The caller gave up with the frame on the wire: the slave may still answer, so
+            # the next frame must not collide with that reply or be taken for it.
+            self._hold_line()
+            stats.timeouts += 1
+            self._log.fail(f"slave {unit}", "request cancelled before its reply")
+            raise
         except (ModbusIOException, TimeoutError) as exc:
             if not client.connected:  # the port died under the request: not the slave's fault
                 self._port_failed(f"port {self._cfg.port} failed")
@@ -280,14 +302,36 @@ class RtuBus:
         except (ConnectionException, OSError) as exc:
             self._port_failed(f"port {self._cfg.port} failed: {exc}")
             raise ConnectionException("disconnected") from exc
+        self._judge(stats, unit, frame, reply)
+        return reply
+
+    async def _on_wire(self, client: BusClient, unit: int, frame: Frame) -> Any:
+        """One request and its reply; the line's silence is timed from when it ends."""
+        try:
+            # pymodbus times the request out itself; this guards against the library hanging
+            async with asyncio.timeout(self._cfg.timeout_s * 2 + 0.5):
+                return await frame.send(client, unit)
         finally:
             self._last_frame_end = self._clock()
+
+    def _judge(self, stats: SlaveStats, unit: int, frame: Frame, reply: Any) -> None:
+        """Count a reply; only one that answers its frame proves the slave and the port."""
         stats.replies += 1
+        mismatch = frame.mismatch(reply)
+        if mismatch is not None:  # the reader or writer fails it; here: resynchronise
+            stats.invalid += 1
+            self._hold_line()  # whatever else is on its way passes before the next frame
+            self._log.fail(f"slave {unit}", f"invalid reply: {mismatch}")
+            return
         if reply.isError():
             stats.exceptions += 1
         stats.backoff.succeeded()
+        self._reopen.succeeded()  # not on opening: a port that dies at once keeps backing off
         self._log.ok(f"slave {unit}")
-        return reply
+
+    def _hold_line(self) -> None:
+        """Keep the line quiet for one reply timeout (plus the gap) from now."""
+        self._last_frame_end = max(self._last_frame_end, self._clock() + self._cfg.timeout_s)
 
     async def _open(self) -> BusClient:
         """The open client, opening the port (then pausing) if needed."""
@@ -307,7 +351,6 @@ class RtuBus:
                 f"disconnected: cannot open {self._cfg.port} (retry in {wait:.1f} s)"
             )
         self._client = client
-        self._reopen.succeeded()
         self._log.ok("port")
         if self._cfg.post_connect_pause_s > 0:
             await asyncio.sleep(self._cfg.post_connect_pause_s)  # adapters drop the first bytes
@@ -332,6 +375,8 @@ class RtuBus:
 
 class SlaveView:
     """Looks like a pymodbus client for one unit id; every call goes through the bus."""
+
+    queues_requests = True  # read_plan: the bus guards each frame, not the time in its queue
 
     def __init__(self, bus: RtuBus, unit: int) -> None:
         self._bus, self._unit = bus, unit

@@ -35,8 +35,8 @@ class SerialLines:
     """One open serial port, read as `\\n`-terminated lines (a trailing `\\r` is stripped).
 
     Use as `async with SerialLines(url, ...) as port:` on a running loop; `readline()`
-    raises TimeoutError when no complete line came in time (the partial line stays in the
-    buffer; `take_partial()` hands it over), OSError when the port failed or hung up.
+    raises TimeoutError when a started line did not end in time (the partial line stays in
+    the buffer; `take_partial()` hands it over), OSError when the port failed or hung up.
     """
 
     def __init__(
@@ -60,6 +60,8 @@ class SerialLines:
         self._ser: Any = None  # serial.Serial; pyserial ships no type hints
         self._fd = -1
         self._buf = bytearray()
+        self._line_start = 0.0  # loop time the first byte of the buffered line came in
+        self._rx_at = 0.0  # loop time of the latest bytes read
         self._error: OSError | None = None
         self._changed = asyncio.Event()
 
@@ -108,23 +110,40 @@ class SerialLines:
         self._buf.clear()
         return data
 
-    async def readline(self, timeout_s: float) -> bytes:
-        """The next complete line without its terminator."""
-        async with asyncio.timeout(timeout_s):
-            while True:
-                end = self._buf.find(b"\n")
-                if end >= 0:
-                    line = bytes(self._buf[:end])
-                    del self._buf[: end + 1]
-                    return line.removesuffix(b"\r")
-                if len(self._buf) > self._max_line:
-                    raise LineTooLong(self.take_partial())
-                if self._error is not None:
-                    raise self._error
-                if self._ser is None:
-                    raise OSError(f"{self.url}: port closed")
-                self._changed.clear()
+    async def readline(self, timeout_s: float, idle_timeout_s: float | None = None) -> bytes:
+        """The next complete line without its terminator.
+
+        `timeout_s` runs from the line's first byte, not from the call: a record that starts
+        arriving late in an idle wait is not cut in two. Waiting for a line to start is
+        bounded by `idle_timeout_s` only (None: wait until a byte, an error or a cancel).
+        """
+        idle_deadline = None
+        if idle_timeout_s is not None:
+            idle_deadline = asyncio.get_running_loop().time() + idle_timeout_s
+        while True:
+            line = self._next_line()
+            if line is not None:
+                return line
+            deadline = self._line_start + timeout_s if self._buf else idle_deadline
+            self._changed.clear()
+            async with asyncio.timeout_at(deadline):
                 await self._changed.wait()
+
+    def _next_line(self) -> bytes | None:
+        """A complete line taken from the buffer, None if there is none yet; raises errors."""
+        end = self._buf.find(b"\n")
+        if end >= 0:
+            line = bytes(self._buf[:end])
+            del self._buf[: end + 1]
+            self._line_start = self._rx_at  # what is left came in with the latest bytes
+            return line.removesuffix(b"\r")
+        if len(self._buf) > self._max_line:
+            raise LineTooLong(self.take_partial())
+        if self._error is not None:
+            raise self._error
+        if self._ser is None:
+            raise OSError(f"{self.url}: port closed")
+        return None
 
     def write(self, data: bytes) -> None:
         """Send bytes (commands are short; the tty driver buffers them)."""
@@ -139,8 +158,16 @@ class SerialLines:
             self._error = exc
             self._stop_reader()
         else:
-            self._buf += data
+            self._received(data)
         self._changed.set()
+
+    def _received(self, data: bytes) -> None:
+        """Buffer bytes, noting when a new line started (its deadline runs from there)."""
+        if data:
+            self._rx_at = asyncio.get_running_loop().time()
+            if not self._buf:
+                self._line_start = self._rx_at
+            self._buf += data
 
     def _stop_reader(self) -> None:
         if self._fd >= 0:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse
 from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersResponse,
     WriteMultipleRegistersResponse,
     WriteSingleRegisterResponse,
 )
@@ -155,3 +156,22 @@ async def test_a_hanging_library_call_times_out() -> None:
     """A call that never returns is cut off by the guard and reported as a timeout."""
     with pytest.raises(RuntimeError, match=r"timeout: no reply within 0\.01 s"):
         await send(HangingClient(), "heater_demand", 10.0, timeout_s=0.01)
+
+
+@pytest.mark.parametrize(
+    ("tag", "value", "reply"),
+    [
+        ("heater_demand", 55.5, WriteSingleRegisterResponse(address=113, registers=[7])),
+        ("heater_demand", 55.5, WriteSingleRegisterResponse(address=112, registers=[555])),
+        ("heater_demand", 55.5, ReadHoldingRegistersResponse(registers=[555])),
+        ("temp_setpoint", 36.5, WriteMultipleRegistersResponse(address=100, count=1)),
+        ("temp_setpoint", 36.5, WriteMultipleRegistersResponse(address=102, count=2)),
+        ("temp_setpoint", 36.5, WriteSingleRegisterResponse(address=100, registers=[0])),
+    ],
+)
+async def test_a_reply_that_does_not_echo_the_write_fails_it(
+    tag: str, value: float, reply: object
+) -> None:
+    """FC 6 must echo address and value, FC 16 address and count, with the same code."""
+    with pytest.raises(RuntimeError, match=f"write {tag}={value:g} failed: invalid reply: "):
+        await send(FakeClient(reply), tag, value)

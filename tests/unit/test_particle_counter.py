@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersResponse,
+    ReadInputRegistersResponse,
+    WriteSingleRegisterResponse,
+)
 
 from controller.configload import load_profile
 from drivers import lighthouse as lh
@@ -272,3 +279,77 @@ def test_stopped_counter_takes_no_records() -> None:
     counter.run_to(600.0)
     assert len(counter.buffer) == 1
     assert counter.flow_raw == 0
+
+
+# --- the Modbus calls -----------------------------------------------------------------------
+
+
+class ReplyClient:
+    """Stands in for AsyncModbusTcpClient: every request gets the one PDU it was given."""
+
+    def __init__(self, reply: ModbusPDU) -> None:
+        self.reply = reply
+        self.connected = False
+
+    async def connect(self) -> bool:
+        self.connected = True
+        return True
+
+    def close(self) -> None:
+        self.connected = False
+
+    async def read_holding_registers(self, address: int, *, count: int, device_id: int) -> Any:
+        return self.reply
+
+    read_input_registers = read_holding_registers
+
+    async def write_register(self, address: int, value: int, *, device_id: int) -> Any:
+        return self.reply
+
+
+async def session(monkeypatch: pytest.MonkeyPatch, reply: ModbusPDU) -> lh.Session:
+    monkeypatch.setattr(lh, "AsyncModbusTcpClient", lambda *_a, **_k: ReplyClient(reply))
+    s = lh.Session("127.0.0.1", 502, 1, 0.3)
+    assert await s.connect()
+    return s
+
+
+async def test_matching_replies_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FC 3 answered by FC 3 with the count asked; FC 6 echoed: no error."""
+    s = await session(monkeypatch, ReadHoldingRegistersResponse(registers=[1, 2]))
+    assert await s.read_holding(lh.HR_FLOW, 2) == [1, 2]
+    s = await session(monkeypatch, WriteSingleRegisterResponse(address=24, registers=[0xFFFF]))
+    await s.write(lh.HR_RECORD_INDEX, -1)
+
+
+@pytest.mark.parametrize(
+    ("reply", "detail"),
+    [
+        (ReadInputRegistersResponse(registers=[1, 2]), "function code 0x04"),
+        (ReadHoldingRegistersResponse(registers=[1, 2, 3]), "3 registers, 2 asked"),
+    ],
+)
+async def test_a_read_reply_to_another_request_is_invalid(
+    monkeypatch: pytest.MonkeyPatch, reply: ModbusPDU, detail: str
+) -> None:
+    """Another function code or extra registers: DeviceError 'invalid reply', link down."""
+    s = await session(monkeypatch, reply)
+    with pytest.raises(lh.DeviceError, match=f"^invalid reply: .*{detail}") as caught:
+        await s.read_holding(lh.HR_FLOW, 2)
+    assert caught.value.link_down
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        WriteSingleRegisterResponse(address=24, registers=[5]),
+        WriteSingleRegisterResponse(address=1, registers=[0xFFFF]),
+        ReadHoldingRegistersResponse(registers=[24, 0xFFFF]),
+    ],
+)
+async def test_a_write_not_echoed_fails(monkeypatch: pytest.MonkeyPatch, reply: ModbusPDU) -> None:
+    """An FC 6 reply must echo address and value: anything else is an invalid reply."""
+    s = await session(monkeypatch, reply)
+    with pytest.raises(lh.DeviceError, match=r"^invalid reply: ") as caught:
+        await s.write(lh.HR_RECORD_INDEX, -1)
+    assert caught.value.link_down

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 from pymodbus.exceptions import ConnectionException, ModbusIOException
-from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersResponse,
+    ReadInputRegistersResponse,
+)
 
 from controller.configload import load_profile
 from drivers.codec import encode, plan_reads
-from drivers.modbus_reader import apply_validity, decode_request
+from drivers.modbus_reader import apply_validity, decode_request, read_plan
 from drivers.modbus_rtu import ModbusRtuConfig, ModbusRtuDriver
+from drivers.registermap import RegisterSpec
 from drivers.rtubus import RtuBus, RtuBusConfig
 from drivers.sample import Quality, Sample
 from simulators.dp_cascade import CascadeModel, DpTransmitterSimConfig, RtuBusSimConfig
@@ -121,12 +127,21 @@ class Clock:
 
 
 class FakeClient:
-    """Answers every unit with its unit id; `dead` units time out; records the order."""
+    """Answers every unit with its unit id; `dead` units time out; records the order.
 
-    def __init__(self, clock: Clock, opens: bool = True) -> None:
+    `held` units keep their frame on the wire (`on_wire` set) until `release`; `wrong_fc`
+    units answer FC 3 with FC 4; `port_dies` makes the next frame fail with an OSError.
+    """
+
+    def __init__(self, clock: Callable[[], float], opens: bool = True) -> None:
         self.clock, self.opens = clock, opens
         self.connected = False
         self.dead: set[int] = set()
+        self.held: set[int] = set()
+        self.wrong_fc: set[int] = set()
+        self.port_dies = False
+        self.on_wire = asyncio.Event()
+        self.release = asyncio.Event()
         self.calls: list[tuple[int, float]] = []
         self.closed = 0
 
@@ -141,9 +156,17 @@ class FakeClient:
     async def read_holding_registers(self, address: int, *, count: int, device_id: int) -> Any:
         self.calls.append((device_id, self.clock()))
         await asyncio.sleep(0)  # a real request yields to the loop
+        if self.port_dies:
+            self.connected = False
+            raise OSError(5, "Input/output error")
+        if device_id in self.held:
+            self.on_wire.set()
+            await self.release.wait()
         if device_id in self.dead:
             raise ModbusIOException("no response")
-        return ReadHoldingRegistersResponse(registers=[device_id] * count, dev_id=device_id)
+        fc4 = device_id in self.wrong_fc
+        reply = ReadInputRegistersResponse if fc4 else ReadHoldingRegistersResponse
+        return reply(registers=[device_id] * count, dev_id=device_id)
 
     read_input_registers = read_holding_registers
 
@@ -168,7 +191,7 @@ async def test_inter_frame_gap_is_kept() -> None:
     """Back-to-back requests are spaced by at least the frame gap on the monotonic clock."""
     loop = asyncio.get_running_loop()
     client = FakeClient(Clock())
-    client.clock = loop.time  # type: ignore[assignment]  # stamp sends with real time
+    client.clock = loop.time  # stamp sends with real time
     bus = RtuBus(bus_config(inter_frame_gap_s=0.02), client_factory=lambda _: client)
     async with bus:
         for _ in range(3):
@@ -245,6 +268,86 @@ async def test_driver_of_a_backed_off_slave_reads_bad_at_once() -> None:
         assert len(second) == len(driver.tags) and len(client.calls) == sent
         assert all((s.reason or "").startswith("slave backed off") for s in second)
         assert all(s.value is None and s.quality is Quality.BAD for s in second)
+
+
+async def test_time_queued_behind_another_slave_is_not_a_timeout() -> None:
+    """A scan that waits for the line longer than its whole guard still reads GOOD.
+
+    The guard is 0.52 s (one read, timeout 0.01 s); only the bus's per-frame guard applies
+    on a shared line, and that starts when the frame has the line.
+    """
+    client = FakeClient(time.monotonic)
+    client.held.add(1)
+    plan = plan_reads([RegisterSpec(tag="dp", address=0, type="u16", device_id=2)])
+    async with RtuBus(bus_config(timeout_s=5.0), client_factory=lambda _: client) as bus:
+        holding = asyncio.create_task(bus.request(3, 0, 1, 1))
+        await client.on_wire.wait()
+        scan = asyncio.create_task(read_plan(bus.view(2), plan, 0.01))
+        await asyncio.sleep(0.6)  # the stimulus: slave 1 keeps the line past that guard
+        client.release.set()
+        await holding
+        samples, down = await scan
+    assert down is None
+    assert [(s.quality, s.value) for s in samples] == [(Quality.GOOD, 2.0)]
+
+
+async def test_a_request_cancelled_on_the_wire_keeps_the_line_quiet_for_its_reply() -> None:
+    """The next frame waits one reply timeout: the late reply cannot collide or be misread.
+
+    The cancelled request counts as a timeout of its slave, without backing it off.
+    """
+    loop = asyncio.get_running_loop()
+    client = FakeClient(loop.time)
+    client.held.add(1)
+    async with RtuBus(
+        bus_config(timeout_s=0.05), client_factory=lambda _: client, clock=loop.time
+    ) as bus:
+        first = asyncio.create_task(bus.request(3, 0, 1, 1))
+        await client.on_wire.wait()
+        cancelled_at = loop.time()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert (await bus.request(3, 0, 1, 2)).registers == [2]
+    assert client.calls[-1][1] - cancelled_at >= 0.05
+    assert bus.stats(1).timeouts == 1 and not bus.stats(1).backed_off
+
+
+async def test_a_reply_to_another_request_reads_bad_and_holds_the_line() -> None:
+    """FC 4 back for FC 3: BAD 'invalid reply', counted, and the line waits a reply timeout."""
+    loop = asyncio.get_running_loop()
+    client = FakeClient(loop.time)
+    client.wrong_fc.add(3)
+    plan = plan_reads([RegisterSpec(tag="dp", address=0, type="u16", device_id=3)])
+    async with RtuBus(
+        bus_config(timeout_s=0.05), client_factory=lambda _: client, clock=loop.time
+    ) as bus:
+        samples, down = await read_plan(bus.view(3), plan, 0.05)
+        answered_at = loop.time()
+        assert (await bus.request(3, 0, 1, 2)).registers == [2]
+    assert down is not None and down.reason.startswith("invalid reply: function code 0x04")
+    assert [s.quality for s in samples] == [Quality.BAD]
+    assert client.calls[-1][1] - answered_at >= 0.05
+    assert bus.stats(3).invalid == 1
+
+
+async def test_port_backoff_grows_until_a_slave_answers() -> None:
+    """A port that opens but dies at the first frame backs off longer each time.
+
+    Opening is no proof the line works; only a reply resets the reopen backoff.
+    """
+    clock = Clock()
+    client = FakeClient(clock)
+    client.port_dies = True
+    async with fake_bus(clock, client, reopen_min_s=1.0, reopen_max_s=8.0) as bus:
+        for failures in (1, 2, 3):
+            with pytest.raises(ConnectionException):
+                await bus.request(3, 0, 1, 1)
+            assert bus.port_failures == failures and not bus.port_open
+            clock.t += 10.0  # past the longest backoff
+        client.port_dies = False
+        assert (await bus.request(3, 0, 1, 1)).registers == [1]
+        assert bus.port_failures == 0
 
 
 def cascade(door_open_s: float = 0.0) -> CascadeModel:
