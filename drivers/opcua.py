@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 NAN_REASON = "nan (device has no valid measurement)"
 NODEID_PREFIXES = ("s=", "i=", "g=", "b=")
 FLOAT32_MAX = 3.4028234663852886e38
+_OPCUA_NULL_TIME = datetime.datetime(1601, 1, 1, tzinfo=datetime.UTC)  # DateTime 0: "no time"
 INTEGER_RANGES: dict[str, tuple[int, int]] = {  # by ua.VariantType name
     "SByte": (-(2**7), 2**7 - 1),
     "Byte": (0, 2**8 - 1),
@@ -85,8 +86,12 @@ def node_value(type_name: str, value: float) -> bool | int | float:
 
 
 def datetime_ns(dt: datetime.datetime | None) -> int | None:
-    """A tz-aware datetime as UTC ns (None stays None)."""
-    if dt is None:
+    """A tz-aware datetime as UTC ns; None when absent or OPC UA's null time.
+
+    A DateTime of 0 (1601-01-01, OPC UA Part 6 §5.2.2.5: "not set") reaches us as that
+    date; taken literally it would record a device time four centuries ago.
+    """
+    if dt is None or dt.replace(tzinfo=dt.tzinfo or datetime.UTC) <= _OPCUA_NULL_TIME:
         return None
     return int(dt.timestamp()) * 1_000_000_000 + int(dt.microsecond) * 1000
 
@@ -384,6 +389,11 @@ class OpcUaDriver:
             t_ns = utc_now_ns()
             return [Sample.bad(s.tag, s.unit, reason, t_ns) for s in self._specs]
         t_ns = utc_now_ns()
+        if len(dvs) != len(tags):  # a non-compliant server: do not guess which is which
+            await self._drop_client()
+            reason = f"read failed: server returned {len(dvs)} values for {len(tags)} nodes"
+            self._lost(reason)
+            return [Sample.bad(s.tag, s.unit, reason, t_ns) for s in self._specs]
         got = dict(zip(tags, dvs, strict=True))
         return [self._sample(spec, got.get(spec.tag), t_ns) for spec in self._specs]
 

@@ -70,6 +70,16 @@ def test_server_timestamp_is_the_fallback() -> None:
     assert sample_of(SPEC, dv(1.0, ServerTimestamp=T0), 0).t_device_ns == T0_NS
 
 
+def test_opcua_null_time_is_no_time() -> None:
+    """DateTime 0 (1601-01-01) means "not set": the ServerTimestamp stands in, and a null
+    ServerTimestamp is no time at all, never a device time four centuries ago."""
+    null = datetime.datetime(1601, 1, 1, tzinfo=datetime.UTC)
+    s = sample_of(SPEC, dv(1.0, SourceTimestamp=null, ServerTimestamp=T0), 0)
+    assert s.t_device_ns == T0_NS
+    s = sample_of(SPEC, dv(1.0, SourceTimestamp=null, ServerTimestamp=null), 0)
+    assert (s.t_device_ns, s.t_server_ns) == (None, None)
+
+
 def test_bad_status_never_carries_a_value() -> None:
     """A Bad status drops the value even if the server sent one."""
     s = sample_of(SPEC, dv(12.0, "BadSensorFailure"), 0)

@@ -181,3 +181,22 @@ async def test_backoff_resets_after_a_read_that_returned_data(peer: Peer) -> Non
             assert drv.sessions == 6
     finally:
         peer.refuse_reads = False
+
+
+async def test_a_read_answered_with_too_few_values_is_bad_not_guessed(peer: Peer) -> None:
+    """A non-compliant server that answers fewer values than nodes asked: which value is
+    which cannot be known, so every tag reads BAD and the session is dropped."""
+    async with driver(peer) as drv:
+        assert t_of(await drv.read()).quality is Quality.GOOD
+        client = drv._client
+        assert client is not None
+        real = client.read_attributes
+
+        async def short(nodes: list[Any], *args: Any, **kwargs: Any) -> list[Any]:
+            return (await real(nodes, *args, **kwargs))[:-1]
+
+        client.read_attributes = short  # type: ignore[method-assign]
+        bad = t_of(await drv.read())
+        assert bad.quality is Quality.BAD
+        assert (bad.reason or "").startswith("read failed: server returned")
+        assert drv._client is None
