@@ -186,6 +186,16 @@ class Verifier:
         for cache in (self._nonces, self._request_ids):
             cache.configure(self._cmd.nonce_retention_s, self._cmd.nonce_cache_max)
 
+    def reply_key(self, outcome: Outcome) -> bytes | None:
+        """The key a reply to `outcome` is signed with: its user's, once the request's own
+        signature verified (a refused forgery gets an unsigned reply)."""
+        if isinstance(outcome, Accepted):
+            user: str | None = outcome.request.user
+        else:
+            user = outcome.audit.user if outcome.audit.authenticated else None
+        key = self._keys.get(user) if user is not None else None
+        return key.secret if key is not None else None
+
     def trail_opened(self, last_time: datetime | None) -> None:
         """Refuse what the previous run may have accepted: `last_time` is the newest audit
         record before this run appended any. Every request it accepted was audited by then,

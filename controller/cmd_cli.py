@@ -72,7 +72,12 @@ def run(args: argparse.Namespace) -> int:
     """Handler of `cellfab cmd`."""
     import aiomqtt  # noqa: PLC0415 - the MQTT stack only for this sub-command
 
-    from controller.cmd_client import new_nonce, send_to_broker, sign_request  # noqa: PLC0415
+    from controller.cmd_client import (  # noqa: PLC0415
+        new_nonce,
+        reply_verified,
+        send_to_broker,
+        sign_request,
+    )
     from controller.configload import ConfigError, load_site  # noqa: PLC0415
     from controller.sinks.mqtt import Endpoint  # noqa: PLC0415
 
@@ -113,13 +118,16 @@ def run(args: argparse.Namespace) -> int:
                 password=endpoint.password,
                 tls_context=tls,
                 timeout_s=args.timeout_s,
+                key=key,
             )
         )
     except (TimeoutError, aiomqtt.MqttError, OSError) as exc:
         print(f"cellfab cmd: no reply from the daemon: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(reply, ensure_ascii=False))
-    return 0 if reply.get("ok") is True else 1
+    if not reply_verified(key, reply):  # believable only as a refusal (see send_command)
+        print("cellfab cmd: refused before the daemon could check your signature", file=sys.stderr)
+    return 0 if reply.get("ok") is True and reply_verified(key, reply) else 1
 
 
 def _key(path: Path | None) -> bytes:

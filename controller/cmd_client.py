@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import ssl
 import uuid
@@ -18,7 +19,9 @@ from typing import Any
 import aiomqtt
 
 from controller.commands import COMMON, OPTIONAL
-from controller.signing import SIG_FIELD, JsonScalar, sign
+from controller.signing import SIG_FIELD, CanonicalError, JsonScalar, sign, verify
+
+log = logging.getLogger(__name__)
 
 
 def new_nonce() -> str:
@@ -69,13 +72,38 @@ def sign_request(
     return fields
 
 
+def reply_verified(key: bytes, reply: Mapping[str, Any]) -> bool:
+    """Whether `reply` is signed with `key`: the daemon answering this user's request."""
+    sig = reply.get(SIG_FIELD)
+    if not isinstance(sig, str):
+        return False
+    try:
+        return verify(key, {k: v for k, v in reply.items() if k != SIG_FIELD}, sig)
+    except (CanonicalError, TypeError, ValueError):  # not even a flat JSON object
+        return False
+
+
+def believable(key: bytes | None, reply: Mapping[str, Any]) -> bool:
+    """A reply worth showing: signed with the user's key, or an unsigned refusal (the daemon
+    signs nothing for a request it could not authenticate). An unsigned or wrongly signed
+    "ok" is somebody else's message on the broker, never the daemon's."""
+    if key is None:
+        return True
+    return reply_verified(key, reply) or (SIG_FIELD not in reply and reply.get("ok") is False)
+
+
 async def send_command(
-    client: aiomqtt.Client, prefix: str, request: Mapping[str, JsonScalar], timeout_s: float = 10.0
+    client: aiomqtt.Client,
+    prefix: str,
+    request: Mapping[str, JsonScalar],
+    timeout_s: float = 10.0,
+    key: bytes | None = None,
 ) -> dict[str, Any]:
     """Publish `request` on `<prefix>/cmd/<verb>` and return the JSON reply.
 
     The reply topic is subscribed before publishing, so a fast reply cannot be missed.
-    Raises TimeoutError when no reply comes within `timeout_s`.
+    With the user's `key`, replies that are not `believable` are skipped (and logged): the
+    wait goes on for the daemon's. Raises TimeoutError when none comes within `timeout_s`.
     """
     reply_topic = f"{prefix}/reply/{request['request_id']}"
     payload = json.dumps(dict(request), separators=(",", ":"), allow_nan=False).encode()
@@ -87,8 +115,10 @@ async def send_command(
             )
             async for message in client.messages:
                 if message.topic.matches(reply_topic) and isinstance(message.payload, bytes):
-                    reply: dict[str, Any] = json.loads(message.payload)
-                    return reply
+                    reply = _json_object(message.payload)
+                    if reply is not None and believable(key, reply):
+                        return reply
+                    log.warning("ignored a reply on %s not signed by the daemon", reply_topic)
     except TimeoutError:
         raise TimeoutError(f"no reply on {reply_topic} within {timeout_s:g} s") from None
     raise aiomqtt.MqttError("the connection ended before a reply came")
@@ -104,6 +134,7 @@ async def send_to_broker(
     password: str | None = None,
     tls_context: ssl.SSLContext | None = None,
     timeout_s: float = 10.0,
+    key: bytes | None = None,
 ) -> dict[str, Any]:
     """`send_command` over a connection of its own (MQTT 5, clean start), closed afterwards."""
     client = aiomqtt.Client(
@@ -119,6 +150,14 @@ async def send_to_broker(
     async with asyncio.timeout(timeout_s):
         await client.__aenter__()
     try:
-        return await send_command(client, prefix, request, timeout_s)
+        return await send_command(client, prefix, request, timeout_s, key)
     finally:
         await client.__aexit__(None, None, None)
+
+
+def _json_object(payload: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(payload)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested without end
+        return None
+    return value if isinstance(value, dict) else None

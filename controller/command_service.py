@@ -86,27 +86,28 @@ class CommandService:
         except Exception as exc:  # a bug on hostile input must not stop the plant's control
             log.exception("command on cmd/%s: verification failed", verb[:40])
             return await self._internal_error(verb, now, exc)
+        key = self._verifier.reply_key(outcome)  # replies to an authenticated user are signed
         out: list[Message] = []
         fields = outcome.audit.seal_fields()
         try:
             out += await self._audit(fields)
         except (RuntimeError, OSError) as exc:  # AuditWriteError is a RuntimeError
             log.error("audit trail unavailable, command refused: %s", exc)  # noqa: TRY400 - said
-            return self._unaudited(outcome.request_id, now, exc)
+            return self._unaudited(outcome.request_id, now, exc, key)
         if isinstance(outcome, Accepted):
             try:
                 request = outcome.request
                 await self.plant.execute(request.action, request.user, request.reason)
             except ActionFailed as exc:
-                return await self._failed(
-                    outcome.request_id, fields, now, code=exc.code, why=str(exc), out=out
-                )
+                failure = (exc.code, str(exc))
+                return await self._failed(outcome.request_id, fields, now, failure, key, out)
             except Exception as exc:  # audited as accepted: its end must be recorded too
                 log.exception("command %s on %s: action failed", verb, outcome.request.object)
-                why = f"internal error: {type(exc).__name__}: {str(exc)[:200]}"
-                return await self._failed(
-                    outcome.request_id, fields, now, code="internal_error", why=why, out=out
+                failure = (
+                    "internal_error",
+                    f"internal error: {type(exc).__name__}: {str(exc)[:200]}",
                 )
+                return await self._failed(outcome.request_id, fields, now, failure, key, out)
             self.accepted += 1
             log.info(
                 "command %s on %s by %s accepted", verb, outcome.request.object, fields["user"]
@@ -118,7 +119,7 @@ class CommandService:
             )
         topic_out = reply_topic(self._prefix, outcome)
         if topic_out is not None:
-            out.insert(0, Message(topic_out, reply_payload(outcome, now)))
+            out.insert(0, Message(topic_out, reply_payload(outcome, now, key)))
         return out
 
     async def _audit(self, fields: SealFields) -> list[Message]:
@@ -137,21 +138,21 @@ class CommandService:
             log.error("audit trail unavailable for a failed command: %s", exc)  # noqa: TRY400
             return []
 
-    async def _failed(
+    async def _failed(  # noqa: PLR0917 - one call site per failure kind, all positional
         self,
         request_id: str,
         fields: SealFields,
         now: datetime,
-        *,
-        code: str,
-        why: str,
+        failure: tuple[str, str],
+        key: bytes | None,
         out: list[Message],
     ) -> list[Message]:
         """An accepted action that did not happen: a second record, and `ok: false`."""
         self.refused += 1
+        code, why = failure
         failed: SealFields = {**fields, "result": f"failed ({code}): {why}"}
         out += await self._audit_quietly(failed)
-        return [*self._reply(request_id, now, False, code, why), *out]
+        return [*self._reply(request_id, now, (False, code, why), key), *out]
 
     async def _internal_error(self, verb: str, now: datetime, exc: Exception) -> list[Message]:
         """A request the verifier could not judge: refused, audited as unauthenticated."""
@@ -169,17 +170,23 @@ class CommandService:
         }
         return await self._audit_quietly(fields)
 
-    def _unaudited(self, request_id: str | None, now: datetime, exc: Exception) -> list[Message]:
+    def _unaudited(
+        self, request_id: str | None, now: datetime, exc: Exception, key: bytes | None
+    ) -> list[Message]:
         self.refused += 1
         why = f"the audit trail cannot be written ({exc}); nothing was changed"
-        return self._reply(request_id, now, False, "audit_unavailable", why)
+        return self._reply(request_id, now, (False, "audit_unavailable", why), key)
 
     def _reply(
-        self, request_id: str | None, now: datetime, ok: bool, code: str, message: str
+        self,
+        request_id: str | None,
+        now: datetime,
+        answer: tuple[bool, str, str],
+        key: bytes | None,
     ) -> list[Message]:
         if request_id is None:
             return []
-        payload = reply_body(request_id, ok, code, message, now)
+        payload = reply_body(request_id, *answer, now, key=key)
         return [Message(f"{self._prefix}/reply/{request_id}", payload)]
 
 

@@ -29,7 +29,7 @@ from controller.command_actions import (
     parse_action,
     text,
 )
-from controller.signing import SIG_HEX_LEN, JsonScalar
+from controller.signing import SIG_FIELD, SIG_HEX_LEN, JsonScalar, sign
 
 __all__ = [
     "Action",
@@ -172,24 +172,39 @@ def reply_topic(prefix: str, outcome: Outcome) -> str | None:
     return None if outcome.request_id is None else f"{prefix}/reply/{outcome.request_id}"
 
 
-def reply_payload(outcome: Outcome, now: datetime) -> bytes:
+def reply_payload(outcome: Outcome, now: datetime, key: bytes | None = None) -> bytes:
     """The reply: `ok`, a machine `code` and a `message` a person understands."""
     if isinstance(outcome, Accepted):
         code, message = "accepted", f"{outcome.request.verb} on {outcome.request.object} accepted"
     else:
         code, message = outcome.code, outcome.message
-    return reply_body(outcome.request_id, outcome.ok, code, message, now)
+    return reply_body(outcome.request_id, outcome.ok, code, message, now, key=key)
 
 
-def reply_body(request_id: str | None, ok: bool, code: str, message: str, now: datetime) -> bytes:
-    """The JSON of a reply on `<prefix>/reply/<request_id>` (docs/commands.md)."""
-    body = {
+def reply_body(
+    request_id: str | None,
+    ok: bool,
+    code: str,
+    message: str,
+    now: datetime,
+    *,
+    key: bytes | None = None,
+) -> bytes:
+    """The JSON of a reply on `<prefix>/reply/<request_id>` (docs/commands.md).
+
+    `key`: the requesting user's, when the request was authenticated. The reply is then
+    signed like a request, so the user can tell it from one that anybody able to publish
+    on the broker could have posted ("accepted" for a command that was refused).
+    """
+    body: dict[str, JsonScalar] = {
         "request_id": request_id,
         "ok": ok,
         "code": code,
         "message": message,
         "ts": now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
     }
+    if key is not None:
+        body[SIG_FIELD] = sign(key, body)
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 

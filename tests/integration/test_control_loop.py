@@ -26,7 +26,7 @@ from controller.access_config import UserKey, load_keys
 from controller.app import Daemon
 from controller.audit import read_lines, trail_path
 from controller.audit_chain import verify_trail
-from controller.cmd_client import new_nonce, send_to_broker, sign_request
+from controller.cmd_client import new_nonce, reply_verified, send_to_broker, sign_request
 from controller.config import SiteConfig
 from controller.configload import load_site_text
 from controller.daemon_parts import ConfigSource
@@ -248,6 +248,7 @@ async def test_manual_mode_and_tag_write(floor: Floor) -> None:
         )
     )
     assert reply["ok"] is True, reply
+    assert reply_verified(floor.keys["alice"].secret, reply)  # the daemon's, signed for alice
     await until(floor, lambda: floor.value("br-1", "heater_output") == 20.0, 10, "manual output")
     reply = await floor.send(
         floor.request("alice", "write", {"tag": "br-1.rock_rate_sp", "value": 12.0})

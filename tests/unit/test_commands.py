@@ -28,7 +28,7 @@ from controller.access_config import (
 )
 from controller.audit import AuditTrail
 from controller.authz import Limits, NonceCache, Target, Verifier
-from controller.cmd_client import send_command, sign_request
+from controller.cmd_client import believable, reply_verified, send_command, sign_request
 from controller.commands import Accepted, Mode, Refused, Setpoint, Write, reply_payload, reply_topic
 from controller.signing import canonical, number, sign, verify
 
@@ -425,6 +425,37 @@ def test_reply_topic_and_payload() -> None:
     assert refused["ok"] is False and refused["code"] == "not_allowed"
 
 
+def test_replies_to_an_authenticated_user_are_signed_with_that_users_key() -> None:
+    """Anyone who can publish on the broker could post "accepted" on a reply topic: a reply
+    signed with the user's key is the daemon's; a refused forgery gets an unsigned reply."""
+    v = make_verifier()
+    accepted = v.verify("setpoint", wire(signed()), NOW)
+    not_allowed = v.verify("setpoint", wire(signed(user="vic")), NOW)
+    forged = v.verify("setpoint", wire({**signed(), "sig": "0" * 64}), NOW)
+    alice, vic = KEYS["alice"].secret, KEYS["vic"].secret
+    assert v.reply_key(accepted) == alice
+    assert v.reply_key(not_allowed) == vic  # authenticated, then refused: still signed
+    assert v.reply_key(forged) is None
+    signed_reply = json.loads(reply_payload(accepted, NOW, v.reply_key(accepted)))
+    assert reply_verified(alice, signed_reply)
+    assert not reply_verified(vic, signed_reply)
+    assert not reply_verified(alice, {**signed_reply, "ok": False})
+    unsigned = json.loads(reply_payload(forged, NOW, v.reply_key(forged)))
+    assert "sig" not in unsigned
+
+
+def test_only_believable_replies_are_taken() -> None:
+    """With the user's key: a signed reply, or an unsigned refusal; never an unsigned "ok"."""
+    alice = KEYS["alice"].secret
+    v = make_verifier()
+    good = json.loads(reply_payload(v.verify("setpoint", wire(signed()), NOW), NOW, alice))
+    assert believable(alice, good)
+    assert not believable(alice, {k: val for k, val in good.items() if k != "sig"})
+    assert not believable(KEYS["bob"].secret, good)
+    assert believable(alice, {"request_id": "x" * 8, "ok": False, "code": "bad_signature"})
+    assert believable(None, {"ok": True})  # no key given: no check (tests, tools)
+
+
 # --- the canonical form -------------------------------------------------------------------
 
 scalars = st.one_of(
@@ -663,6 +694,24 @@ async def test_send_command_subscribes_first_and_returns_the_reply() -> None:
     reply = await send_command(client, "p", req, timeout_s=5)  # type: ignore[arg-type]
     assert reply["ok"] is True and reply["request_id"] == req["request_id"]
     assert client.calls == [f"sub p/reply/{req['request_id']}", "pub p/cmd/setpoint"]
+
+
+async def test_send_command_waits_past_a_forged_reply_for_the_daemons() -> None:
+    """A forged "accepted" that arrives first is skipped; the signed reply is returned."""
+
+    class Forger(FakeClient):
+        async def publish(self, topic: str, payload: bytes, **kw: Any) -> None:
+            request = json.loads(payload)
+            fake = {"request_id": request["request_id"], "ok": True, "code": "accepted"}
+            where = aiomqtt.Topic(f"p/reply/{request['request_id']}")
+            await self.inbox.put(FakeMessage(where, json.dumps(fake).encode()))
+            outcome = make_verifier().verify(topic.rsplit("/", 1)[1], payload, NOW)
+            real = reply_payload(outcome, NOW, KEYS["vic"].secret)
+            await self.inbox.put(FakeMessage(where, real))
+
+    req = signed(user="vic")  # vic may not: the daemon's real answer is a signed refusal
+    reply = await send_command(Forger(), "p", req, 5, KEYS["vic"].secret)  # type: ignore[arg-type]
+    assert (reply["ok"], reply["code"]) == (False, "not_allowed")
 
 
 async def test_send_command_times_out_without_a_reply() -> None:
