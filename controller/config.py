@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -24,6 +25,26 @@ from drivers.rtubus import RtuBusConfig
 LOOP_CLASS = "pid_loop"  # measurement / device_class of the loops' own data
 ROOM_CLASS = "room"  # a room's operational state (at rest / in operation)
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+def endpoint_url(url: str | None, schemes: tuple[str, ...]) -> str | None:
+    """`url` if it names a scheme of `schemes`, a host and a numeric port (if any).
+
+    Checked here, not when a sink starts, so `cellfab check` catches it. The messages never
+    repeat the URL: it may carry a password (`mqtt://user:password@host`).
+    """
+    if url is None:
+        return None
+    if not url.startswith(schemes):
+        raise ValueError(f"must start with {' or '.join(schemes)}")
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError("names no host")
+    try:
+        parts.port  # noqa: B018 - urllib parses the port lazily, and raises here
+    except ValueError:
+        raise ValueError("port is not a number from 0 to 65535") from None
+    return url
 
 
 class SiteSection(Frozen):
@@ -65,9 +86,7 @@ class MqttSection(Frozen):
     @field_validator("url")
     @classmethod
     def _scheme(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("mqtt://", "mqtts://")):
-            raise ValueError("must start with mqtt:// or mqtts://")
-        return url
+        return endpoint_url(url, ("mqtt://", "mqtts://"))
 
     @field_validator("topic_prefix")
     @classmethod
@@ -99,9 +118,7 @@ class InfluxSection(Frozen):
     @field_validator("url")
     @classmethod
     def _scheme(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return url
+        return endpoint_url(url, ("http://", "https://"))
 
 
 class AlarmEngineSection(Frozen):

@@ -19,6 +19,7 @@ from pydantic import SecretStr, ValidationError
 from controller.alarm_service import cleanroom_alarms, derived_tags
 from controller.config import SiteConfig
 from controller.loops_check import alarm_problems, catalog, loop_problems
+from controller.redact import redact
 from drivers.opcua_config import OpcUaConfig, with_profile
 from drivers.registermap import RegisterMap
 from drivers.registry import DRIVER_NAMES, AnyDeviceConfig
@@ -55,9 +56,11 @@ def load_site(
     they exist only inside the service (LoadCredential=), not in an engineer's shell.
     """
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     return load_site_text(text, path, env, read_secrets=read_secrets)
 
 
@@ -125,7 +128,7 @@ def pydantic_errors(
         if loc in from_env:  # never echo the value: env values carry passwords and tokens
             loc = f"{loc} (from ${from_env[loc]})"
         elif err["type"] not in _FRIENDLY and not isinstance(err.get("input"), dict | None):
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg} (got {redact(repr(err['input']))})"
         if msg.startswith("Value error, duplicate device id"):
             continue  # reported by _duplicate_ids with the exact key path
         out.append((loc, msg.removeprefix("Value error, ")))
@@ -169,7 +172,7 @@ def _resolve(cfg: SiteConfig, path: Path, *, read_secrets: bool) -> SiteConfig:
         if isinstance(dev, OpcUaConfig):  # its profile is a node set, not a register map
             try:
                 devices.append(with_profile(dev, path.parent))
-            except (OSError, tomllib.TOMLDecodeError, ValidationError) as exc:
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValidationError) as exc:
                 errors.append(f"{path}: devices.{i}.profile: {_one_line(exc)}")
             continue
         profile = getattr(dev, "profile", None)  # register-map devices (Modbus TCP / RTU)
@@ -212,14 +215,19 @@ def _one_line(exc: Exception) -> str:
         return "; ".join(f"{loc}: {msg}" for loc, msg in pydantic_errors(exc))
     if isinstance(exc, OSError):
         return f"cannot read {exc.filename}: {exc.strerror}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start})"
     return str(exc)
 
 
 def _read_secret(secret: Path, path: Path, key: str, errors: list[str]) -> SecretStr | None:
     try:
-        return SecretStr((path.parent / secret).read_text().strip())
+        return SecretStr((path.parent / secret).read_text(encoding="utf-8").strip())
     except OSError as exc:
         errors.append(f"{path}: {key}: cannot read {secret}: {exc.strerror}")
+        return None
+    except UnicodeDecodeError:
+        errors.append(f"{path}: {key}: {secret} is not UTF-8 text")
         return None
 
 
@@ -229,16 +237,18 @@ def load_profile(ref: str, base: Path) -> RegisterMap:
         source = base / ref
         name = str(source)
         try:
-            text = source.read_text()
+            text = source.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError([f"cannot read profile {name}: {exc.strerror}"]) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"profile {name}: not UTF-8 text (byte {exc.start})"]) from None
     else:
         item = resources.files("config").joinpath("profiles", f"{ref}.toml")
         name = f"config/profiles/{ref}.toml"
         if not item.is_file():
             known = ", ".join(builtin_profiles()) or "none"
             raise ConfigError([f"no built-in profile {ref!r} (known: {known})"])
-        text = item.read_text()
+        text = item.read_text(encoding="utf-8")
     try:
         return RegisterMap.model_validate(tomllib.loads(text))
     except tomllib.TOMLDecodeError as exc:

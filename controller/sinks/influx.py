@@ -26,6 +26,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from controller.cancel import wait_at_most
 from controller.config import SiteConfig
 from controller.lineproto import LineFormatter, event_line, gap_lines
+from controller.redact import redact
 from controller.sinks.drain import DrainDeadline
 from controller.sinks.outage import Outage, OutageMemory
 from controller.spool_budget import Gap
@@ -78,6 +79,7 @@ class InfluxSink:
         self._cfg = cfg.influx
         self._site = cfg.site.id
         self._url = cfg.influx.url
+        self._where = redact(self._url)  # for the log: a URL may carry a password
         self._cursor = cursor
         self._formatter = LineFormatter(cfg)
         self._ceiling = cfg.influx.batch_max_lines  # lowered for good by a 413
@@ -128,7 +130,7 @@ class InfluxSink:
                     log.error(
                         "InfluxDB: giving up at shutdown: %d scans not written to %s",
                         self.lag,
-                        self._url,
+                        self._where,
                     )
                     return
                 if backlog:  # drain at a bounded rate: live data keep their place
@@ -227,20 +229,20 @@ class InfluxSink:
         self.stats.lines_written += n_lines
         self.stats.batches_written += 1
         self._backoff.succeeded()
-        self._link.ok(self._url)
+        self._link.ok(self._where)
 
     def _failed(self, reason: str, status: int, retry_after: str | None) -> float:
         """Count a retryable failure, log it on transition; returns the wait before retrying."""
         self.stats.failures += 1
         self.stats.last_error = reason
         self._outage.failed(reason)
-        if 400 <= status < 500 and status != 429 and not self._link.failing(self._url):
+        if 400 <= status < 500 and status != 429 and not self._link.failing(self._where):
             log.error(
                 "InfluxDB refuses writes (%s): check influx.url/token/org/bucket; "
                 "the data is kept and retried",
                 reason,
             )
-        self._link.fail(self._url, reason)
+        self._link.fail(self._where, reason)
         wait = self._backoff.failed()
         with contextlib.suppress(TypeError, ValueError):
             wait = max(wait, min(float(retry_after or 0), self._cfg.retry_max_s))

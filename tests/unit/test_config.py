@@ -101,6 +101,47 @@ def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("mqtt://user:hunter2@broker:notaport", "port is not a number from 0 to 65535"),
+        ("mqtt://user:hunter2@:1883", "names no host"),
+        ("ftp://user:hunter2@broker", "must start with mqtt:// or mqtts://"),
+    ],
+)
+def test_a_broker_url_without_host_or_port_fails_check_and_never_shows_its_password(
+    tmp_path: Path, url: str, why: str
+) -> None:
+    """Caught by `cellfab check`, not when the sink starts; the password is never echoed."""
+    text = f'[site]\nid = "lab"\n[mqtt]\nurl = "{url}"\n' + VALID_DEVICE.format(id="inc-1")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load_site(path)
+    (error,) = exc.value.errors
+    assert error.startswith(f"{path}: mqtt.url: {why}")
+    assert "hunter2" not in error
+    assert "user:***@" in error  # the value is shown, its password is not
+    with pytest.raises(ConfigError) as from_env:
+        load_site(write(tmp_path, '[site]\nid = "lab"\n'), {"CELLFAB_MQTT_URL": url})
+    assert "hunter2" not in "".join(from_env.value.errors)
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_bytes(b'[site]\nid = "lab \xe9"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_site(path)
+    assert exc.value.errors == [f"{path}: not UTF-8 text (byte 17)"]
+    profile = tmp_path / "latin1.toml"
+    profile.write_bytes(b'name = "m\xe9"\n')
+    dev = VALID_DEVICE.format(id="inc-1").replace('"co2-incubator"', f'"{profile}"')
+    with pytest.raises(ConfigError) as exc:
+        load_site(write(tmp_path, '[site]\nid = "lab"\n' + dev))
+    assert exc.value.errors == [
+        f"{tmp_path / 'site.toml'}: devices.0.profile: profile {profile}: not UTF-8 text (byte 9)"
+    ]
+
+
 def test_secret_from_file(tmp_path: Path) -> None:
     """A token can come from a file (systemd LoadCredential=); a missing file is an error."""
     (tmp_path / "token").write_text("abc\n")
