@@ -12,6 +12,7 @@ without a rowid, so a repeated scan (a replay after a crash) is stored once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -202,6 +203,16 @@ class BatchArchive:
             (batch,),
         ).fetchall()
         return [Series(*r) for r in rows]
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every query inside reads one committed state (one WAL read transaction): a
+        report of a running batch is consistent with itself while the daemon writes on."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
 
     def span(self, batch: str) -> tuple[int, int] | None:
         """First and last time of anything recorded under `batch` (None: nothing)."""

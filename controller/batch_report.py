@@ -8,7 +8,7 @@ the same inputs give the same report, byte for byte (docs/batch-record.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +18,7 @@ import numpy as np
 from controller import batches
 from controller.audit import read_lines, trail_path
 from controller.audit_chain import verify_trail
+from controller.audit_record import AuditRecord
 from controller.batch_archive import BatchArchive, Event
 from controller.batch_stats import (
     NS,
@@ -32,6 +33,8 @@ from controller.batch_stats import (
 )
 from controller.config import SiteConfig
 from controller.version import cellfab_version
+
+MS = 1_000_000  # ns: the batch history's times are ISO 8601 cut to the millisecond
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        """False when the batch is unknown or the audit chain is not intact."""
+        """False when the batch is unknown, its history damaged or the audit chain broken."""
         return not self.failures
 
 
@@ -127,7 +130,11 @@ def build_report(
     """
     failures: list[str] = []
     notes: list[str] = []
-    start, end = _history(state_dir, batch_id)
+
+    def skipped(message: str, damage: bool) -> None:
+        (failures if damage else notes).append(f"batch history: {message}")
+
+    start, end = _history(state_dir, batch_id, skipped)
     span = archive.span(batch_id) if archive is not None else None
     if start is None:
         failures.append(
@@ -169,11 +176,13 @@ def build_report(
     )
 
 
-def _history(state_dir: Path, batch_id: str) -> tuple[dict[str, str] | None, dict[str, str] | None]:
-    """The batch's (first) start and the end that follows it."""
+def _history(
+    state_dir: Path, batch_id: str, skipped: Callable[[str, bool], None]
+) -> tuple[dict[str, str] | None, dict[str, str] | None]:
+    """The batch's (first) start and the end that follows it; unreadable lines to `skipped`."""
     start: dict[str, str] | None = None
     end: dict[str, str] | None = None
-    for item in batches.history(state_dir):
+    for item in batches.history(state_dir, skipped):
         if item.get("batch") != batch_id:
             continue
         if item.get("event") == "start" and start is None:
@@ -262,25 +271,46 @@ def _alarm(e: Event) -> AlarmRow:
 def _changes(
     state_dir: Path, device: str, batch_id: str, lo: int | None, hi: int | None
 ) -> list[Change]:
-    """Every `cmd.*` record on the device or its objects within the batch, and the batch's
-    own start and end commands (audited just before they took effect)."""
+    """Every `cmd.*` record on the device or its objects within the batch.
+
+    The batch's start command is audited just before the start took effect, so the window
+    opens at the last accepted `batch/start` of exactly this batch on this device at or
+    before the start (else at the start); the history's times are cut to the millisecond,
+    so the window ends 1 ms after the end (the end command, audited just before, is in it).
+    """
     path = trail_path(state_dir)
     if not path.exists():
         return []
+    records = [line.record for line in read_lines(path) if line.record is not None]
+    mine = [
+        (_dt_ns(r.time), r)
+        for r in records
+        if r.action.startswith("cmd.") and (r.obj == device or r.obj.startswith(device + "."))
+    ]
+    if lo is not None:
+        starts = [t for t, r in mine if t < lo + MS and _starts(r, batch_id)]
+        lo = max(starts, default=lo)
     out: list[Change] = []
-    for line in read_lines(path):
-        r = line.record
-        if r is None or not r.action.startswith("cmd."):
-            continue
-        if r.obj != device and not r.obj.startswith(device + "."):
-            continue
-        t = _dt_ns(r.time)
-        own = r.action.startswith("cmd.batch/") and batch_id in str(r.new)
-        if not own and ((lo is not None and t < lo) or (hi is not None and t > hi)):
+    for t, r in mine:
+        if (lo is not None and t < lo) or (hi is not None and t >= hi + MS):
             continue
         out.append(Change(r.seq, t, r.user, r.role,
                           r.action, r.obj, r.old, r.new, r.reason, r.result))  # fmt: skip
     return out
+
+
+def _starts(r: AuditRecord, batch_id: str) -> bool:
+    """An accepted `batch/start` of exactly `batch_id`: its `new` is "ID (product, phase)".
+
+    Batch ids hold no space (command_actions.BATCH), so the id is everything before the
+    first one; a mere substring would let LOT-1 claim LOT-10's start.
+    """
+    return (
+        r.action == "cmd.batch/start"
+        and r.result == "accepted"
+        and isinstance(r.new, str)
+        and r.new.split(" ", 1)[0] == batch_id
+    )
 
 
 def _audit(state_dir: Path) -> AuditCheck:

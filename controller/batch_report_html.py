@@ -124,27 +124,43 @@ def _gap_row(g: Gap) -> tuple[object, ...]:
 def render_csv(r: Report) -> bytes:
     """Long format, one row per value: section, key (row), field (column), value.
 
-    Floats keep full precision (repr); the HTML rounds them for reading.
+    Every column the HTML shows is a field; a parameter's name is its key. Floats keep
+    full precision (repr); the HTML rounds them for reading. Text that a spreadsheet would
+    run as a formula is defused (`_csv`): user names and reasons come from anyone who can
+    publish a command. Lines end in CRLF (RFC 4180), so the writer quotes any cell holding a
+    CR or LF: a bare CR inside a cell would start a new row in a spreadsheet.
     """
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(("section", "key", "field", "value"))
-    w.writerows(("finding", i, "failure", f) for i, f in enumerate(r.failures, 1))
-    w.writerows(("finding", i, "note", f) for i, f in enumerate(r.notes, 1))
+    w.writerows(("finding", i, "failure", _csv(f)) for i, f in enumerate(r.failures, 1))
+    w.writerows(("finding", i, "note", _csv(f)) for i, f in enumerate(r.notes, 1))
     for section, _title, columns, rows in tables(r):
         for n, row in enumerate(rows, 1):
             if columns == ("field", "value"):
-                w.writerow((section, "", row[0], _csv(row[1])))
-                continue
-            key = row[0] if section == "parameters" else n
-            w.writerows(
-                (section, key, c, _csv(v)) for c, v in zip(columns[1:], row[1:], strict=True)
-            )
+                w.writerow((section, "", _csv(row[0]), _csv(row[1])))
+            elif section == "parameters":
+                w.writerows(
+                    (section, _csv(row[0]), c, _csv(v))
+                    for c, v in zip(columns[1:], row[1:], strict=True)
+                )
+            else:
+                w.writerows((section, n, c, _csv(v)) for c, v in zip(columns, row, strict=True))
     return buf.getvalue().encode("utf-8")
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv(x: object) -> str:
-    return "" if x is None else repr(x) if isinstance(x, float) else str(x)
+    """A cell: numbers as they are (-2.5 stays a number), text that a spreadsheet would
+    read as a formula behind a single quote (OWASP CSV injection)."""
+    if x is None:
+        return ""
+    if isinstance(x, int | float) and not isinstance(x, bool):
+        return repr(x) if isinstance(x, float) else str(x)
+    text = str(x)
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 # --- HTML --------------------------------------------------------------------------------

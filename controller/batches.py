@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
 from controller.command_actions import Refusal
+
+log = logging.getLogger(__name__)
 
 BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}$")
 TEXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.,:/()+-]{0,63}$")
@@ -148,10 +152,10 @@ class BatchRegistry:
     def _history(self, event: dict[str, str]) -> int:
         """Append `event` durably; returns the file's size before it (to undo the append)."""
         line = (json.dumps(event, separators=(",", ":")) + "\n").encode("utf-8")
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC  # read: torn-tail check
         fd = os.open(self._dir / HISTORY, flags, 0o666)  # as open("a"): the umask decides
         try:
-            size = os.fstat(fd).st_size
+            size = _cut_torn_tail(fd, self._dir / HISTORY)
             try:
                 view = memoryview(line)
                 while view:
@@ -166,13 +170,81 @@ class BatchRegistry:
         return size
 
 
-def history(state_dir: Path) -> list[dict[str, str]]:
-    """Every start and end, oldest first."""
+def _cut_torn_tail(fd: int, path: Path) -> int:
+    """The history's size once a torn last line (a crash mid-append) is cut off.
+
+    The torn event was never durable, so its command was never reported done; appending
+    after it would glue the next real event onto it and make both unreadable.
+    """
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    os.ftruncate(fd, keep)
+    os.fsync(fd)
+    log.warning(
+        "%s: incomplete last line removed (a crash while writing): %r", path, data[keep:][:80]
+    )
+    return keep
+
+
+def history(
+    state_dir: Path, skipped: Callable[[str, bool], None] | None = None
+) -> list[dict[str, str]]:
+    """Every start and end, oldest first, from the lines that can be read.
+
+    A last line without its newline is an append a crash cut short; the registry writes
+    that line before the running file, so its start or end never took effect: it is
+    skipped. Any other line that is not a whole start or end event is damage, and a record
+    built around it may lack a start or an end. Each skipped line is told to `skipped`
+    (message, damage?); without it, damage raises ValueError and a cut-short tail is
+    skipped quietly.
+    """
     path = state_dir / HISTORY
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    *lines, tail = path.read_bytes().split(b"\n")
+    if tail.strip():
+        note = "last line incomplete (crash while writing), ignored"
+        if skipped is not None:
+            skipped(note, False)
+    out: list[dict[str, str]] = []
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            out.append(_event(raw))
+        except ValueError as exc:
+            message = f"{HISTORY} line {lineno} unreadable ({exc}), ignored"
+            if skipped is None:
+                raise ValueError(message) from exc
+            skipped(message, True)
+    return out
+
+
+def _event(raw: bytes) -> dict[str, str]:
+    """One history line as written by `_history`; ValueError saying what is wrong."""
+    try:
+        item = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg}") from None
+    if not isinstance(item, dict) or item.get("event") not in {"start", "end"}:
+        raise ValueError("not a start or end event")
+    keys = [f.name for f in fields(Batch)]
+    times = ["started"]
+    if item["event"] == "end":
+        keys += ["ended", "ended_by"]
+        times.append("ended")
+    missing = [k for k in keys if not isinstance(item.get(k), str)]
+    if missing:
+        raise ValueError(f"no text {', '.join(missing)}")
+    for key in times:
+        if datetime.fromisoformat(item[key]).utcoffset() is None:
+            raise ValueError(f"{key} has no time zone")
+    return {k: v for k, v in item.items() if isinstance(v, str)}
 
 
 def _now() -> str:

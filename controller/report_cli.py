@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -16,8 +17,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="write a batch's record (HTML, CSV, SHA256SUMS)",
         description="Write the record of one batch from local data (batch archive, batch "
         "history, audit trail) as report.html, report.csv and SHA256SUMS (docs/"
-        "batch-record.md). Exit 0 written, 1 written but the batch is unknown or the audit "
-        "chain is broken (the finding is at the top), 2 bad site file.",
+        "batch-record.md). Exit 0 written, 1 written but the batch is unknown, a line of the "
+        "batch history is unreadable or the audit chain is broken (the finding is at the "
+        "top), 2 bad site file.",
     )
     p.add_argument("-c", "--config", type=Path, required=True, metavar="FILE")
     p.add_argument("--batch", required=True, metavar="ID", help="the batch (lot) id")
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     path = archive_path(state)
     archive = BatchArchive(path, readonly=True) if path.exists() else None
     try:
-        report = build_report(archive, state, cfg, args.batch)
+        with archive.snapshot() if archive is not None else contextlib.nullcontext():
+            report = build_report(archive, state, cfg, args.batch)
     finally:
         if archive is not None:
             archive.close()

@@ -141,3 +141,21 @@ def test_commits_in_a_worker_thread_lose_nothing(archive: BatchArchive) -> None:
     archive.commit()
     assert errors == []
     assert len(list(archive.samples("LOT-1", "br-1", "ph"))) == n
+
+
+def test_a_snapshot_reads_one_committed_state_while_the_writer_goes_on(
+    archive: BatchArchive, tmp_path: Path
+) -> None:
+    """`cellfab report` on a running batch: every query sees the data of one moment."""
+    archive.record(scan(T0, "LOT-1"))
+    archive.commit()
+    reader = BatchArchive(archive_path(tmp_path), readonly=True)
+    try:
+        with reader.snapshot():
+            assert reader.span("LOT-1") == (T0, T0)
+            archive.record(scan(T0 + S, "LOT-1"))
+            archive.commit()  # the daemon writes on meanwhile
+            assert reader.span("LOT-1") == (T0, T0)
+        assert reader.span("LOT-1") == (T0, T0 + S)
+    finally:
+        reader.close()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
+import io
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,7 +19,7 @@ import pytest
 from controller.audit import AuditTrail, trail_path
 from controller.batch_archive import BatchArchive, archive_path
 from controller.batch_report import Report, build_report
-from controller.batch_report_html import render_csv, render_html, write_report
+from controller.batch_report_html import render_csv, render_html, tables, write_report
 from controller.batch_stats import NS
 from controller.config import SiteConfig
 from controller.report_cli import add_parser
@@ -363,3 +366,126 @@ def test_cli_exit_codes(state: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "record #3 edited" in (broken / "report.html").read_text()
     site.write_text("[site]\nid = 'lab'\n")
     assert cli("report", "-c", str(site), "--batch", BATCH, "--out", str(out)) == 2
+
+
+def csv_rows(r: Report) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(render_csv(r).decode(), newline="")))
+
+
+def test_csv_carries_every_column_the_html_shows(state: Path) -> None:
+    """Each command's seq, alarm's time and gap's start is in the CSV, as every other cell:
+    one row per column of the HTML table (a parameter's name is its key instead)."""
+    r = report(state)
+    rows = csv_rows(r)
+    for section, _title, columns, table in tables(r):
+        if columns == ("field", "value"):
+            continue
+        keyed = section == "parameters"
+        want = [
+            [section, str(row[0]) if keyed else str(n), c, str(v) if isinstance(v, str) else v]
+            for n, row in enumerate(table, 1)
+            for c, v in zip(columns[keyed:], row[keyed:], strict=True)
+        ]
+        got = [x for x in rows if x[0] == section]
+        assert [x[:3] for x in got] == [w[:3] for w in want]
+    assert ["commands", "1", "seq", "2"] in rows
+    assert ["alarms", "1", "time", "2026-11-22T08:00:11.000000Z"] in rows
+    assert ["gaps", "1", "start", "2026-11-22T08:00:39.000000Z"] in rows
+
+
+FORMULAS = ('=HYPERLINK("http://evil/","alice")', "=cmd|' /C calc'!A0", "+1+1", "-2+3",
+            "@SUM(1+1)", "\t=1", "\r=1")  # fmt: skip
+INSIDE = "x\r=1"  # a CR inside a cell: quoted, or a spreadsheet starts a row with "=1"
+
+
+def test_csv_defuses_formulas_in_text_but_keeps_numbers(state: Path) -> None:
+    """Claimed users, reasons and alarm text starting = + - @ tab CR get a leading quote;
+    a negative number stays a number."""
+    r = report(state)
+    change = r.changes[1]
+    texts = (*FORMULAS, INSIDE)
+    changes = [replace(change, user=f, reason=f, old=-2.5, new=-3) for f in texts]
+    alarms = [replace(r.alarms[0], user=f, reason=f, value=-2.5) for f in texts]
+    rows = csv_rows(replace(r, changes=tuple(changes), alarms=tuple(alarms)))
+    for section in ("commands", "alarms"):
+        for field in ("user", "reason"):
+            assert [x[3] for x in rows if x[0] == section and x[2] == field] == [
+                *("'" + f for f in FORMULAS),
+                INSIDE,
+            ]
+    assert ["commands", "1", "old", "-2.5"] in rows and ["commands", "1", "new", "-3"] in rows
+    assert ["alarms", "1", "value", "-2.5"] in rows
+    for x in rows:
+        assert not x[3].startswith(("=", "+", "@", "\t", "\r")), x
+        assert not x[3].startswith("-") or float(x[3]) < 0, x
+
+
+def rewrite_trail(state: Path, *entries: tuple[float, str, str, str]) -> None:
+    """A new audit trail of (seconds from START, action, new, result) records on br-1."""
+    trail_path(state).unlink()
+    with AuditTrail.open(trail_path(state), clock=Clock(*(e[0] for e in entries))) as trail:
+        for _t, action, new, result in entries:
+            trail.append(user="u", role="supervisor", action=action, obj="br-1", old=None,
+                         new=new, reason="r", client="test", result=result)  # fmt: skip
+
+
+def test_commands_of_another_batch_are_not_in_the_record(state: Path) -> None:
+    """Only this batch's start opens the window: not LOT-00420's whose id contains ours,
+    nor one whose product names it, nor a refused attempt; nothing after the end."""
+    rewrite_trail(
+        state,
+        (-60, "cmd.batch/start", f"{BATCH} (CAR-T, expansion)", "refused (batch_running): x"),
+        (-30, "cmd.batch/start", f"LOT-7 ({BATCH}, x)", "accepted"),
+        (-20, "cmd.batch/end", "ended LOT-7", "accepted"),
+        (-0.5, "cmd.batch/start", f"{BATCH} (CAR-T, expansion)", "accepted"),
+        (99.9, "cmd.batch/end", f"ended {BATCH}", "accepted"),
+        (200, "cmd.batch/start", f"{BATCH}0 (CAR-T, expansion)", "accepted"),
+        (300, "cmd.batch/end", f"ended {BATCH}0", "accepted"),
+        (400, "cmd.batch/start", f"{BATCH} (CAR-T, expansion)", "refused (bad_signature): x"),
+    )
+    assert [(c.seq, c.new) for c in report(state).changes] == [
+        (4, f"{BATCH} (CAR-T, expansion)"),
+        (5, f"ended {BATCH}"),
+    ]
+
+
+def test_commands_window_allows_for_the_history_milliseconds(state: Path) -> None:
+    """The history's times are cut to the ms: a start audited in the same ms as the start
+    and an end in the same ms as the end belong to the batch; the next ms does not."""
+    rewrite_trail(
+        state,
+        (0.0009, "cmd.batch/start", f"{BATCH} (CAR-T, expansion)", "accepted"),
+        (100.0009, "cmd.batch/end", f"ended {BATCH}", "accepted"),
+        (100.001, "cmd.setpoint", "x", "accepted"),
+    )
+    assert [c.seq for c in report(state).changes] == [1, 2]
+
+
+def test_a_torn_last_history_line_is_a_note(state: Path, tmp_path: Path) -> None:
+    """A crash mid-append leaves a line without its newline: ignored, noted, exit 0."""
+    with (state / "batches.jsonl").open("a") as f:
+        f.write('{"event":"start","device":"br-2","batch":"LOT-9')
+    r = report(state)
+    assert r.ok and r.header.ended_by == "bob"
+    assert "batch history: last line incomplete (crash while writing), ignored" in r.notes
+    site = site_file(tmp_path, state)
+    assert cli("report", "-c", str(site), "--batch", BATCH, "--out", str(tmp_path / "o")) == 0
+
+
+def test_an_unreadable_history_line_is_a_failure(
+    state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Damage before the last line is a finding at the top and exit 1, never a traceback;
+    the lines that can be read still make the record."""
+    path = state / "batches.jsonl"
+    start, end = path.read_text().splitlines(keepends=True)
+    path.write_text(start + '{"event":"end","batch":\n' + end)
+    r = report(state)
+    assert not r.ok and r.header.ended_by == "bob"
+    assert r.failures == (
+        "batch history: batches.jsonl line 2 unreadable (not JSON: Expecting value), ignored",
+    )
+    assert csv_rows(r)[1][:3] == ["finding", "1", "failure"]
+    site = site_file(tmp_path, state)
+    assert cli("report", "-c", str(site), "--batch", BATCH, "--out", str(tmp_path / "o")) == 1
+    assert "line 2 unreadable" in capsys.readouterr().err

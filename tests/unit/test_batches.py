@@ -63,3 +63,52 @@ def test_a_failed_write_changes_neither_memory_nor_disk(
     assert [e["event"] for e in history(tmp_path)] == [e["event"] for e in before[2]] + [
         "start" if change is start else "end"
     ]
+
+
+def test_history_skips_a_torn_last_line_and_names_damage(tmp_path: Path) -> None:
+    """A crash mid-append leaves a last line without its newline: skipped and told; a bad
+    line before it is damage: told as such, or ValueError without a listener."""
+    reg = BatchRegistry(tmp_path)
+    start(reg)
+    end(reg)
+    path = tmp_path / "batches.jsonl"
+    whole = path.read_text()
+    path.write_text(whole + '{"event":"start","dev')
+    told: list[tuple[str, bool]] = []
+    assert [e["event"] for e in history(tmp_path, lambda m, d: told.append((m, d)))] == [
+        "start",
+        "end",
+    ]
+    assert told == [("last line incomplete (crash while writing), ignored", False)]
+    assert [e["event"] for e in history(tmp_path)] == ["start", "end"]
+    first, second = whole.splitlines(keepends=True)
+    for bad, why in [
+        ("{oops\n", "not JSON: Expecting property name enclosed in double quotes"),
+        ('["start"]\n', "not a start or end event"),
+        (second.replace('"ended_by"', '"who"'), "no text ended_by"),
+        (first.replace('"started":"', '"started":"x'), "Invalid isoformat string"),
+        (first.replace("Z", ""), "started has no time zone"),
+    ]:
+        path.write_bytes((first + bad + second).encode() + b"\xff\n")
+        told.clear()
+        assert len(history(tmp_path, lambda m, d: told.append((m, d)))) == 2
+        assert [d for _m, d in told] == [True, True]
+        assert why in told[0][0] and told[0][0].startswith("batches.jsonl line 2 unreadable")
+        assert told[1][0] == "batches.jsonl line 4 unreadable (not UTF-8), ignored"
+        with pytest.raises(ValueError, match="line 2 unreadable"):
+            history(tmp_path)
+
+
+def test_the_next_event_after_a_torn_line_is_not_glued_onto_it(tmp_path: Path) -> None:
+    """The registry cuts a torn last line before appending, so the next event stays whole."""
+    reg = BatchRegistry(tmp_path)
+    start(reg)
+    path = tmp_path / "batches.jsonl"
+    path.write_text(path.read_text() + '{"event":"end","dev')  # the crash, mid-append
+    told: list[tuple[str, bool]] = []
+    end(reg)
+    assert [e["event"] for e in history(tmp_path, lambda m, d: told.append((m, d)))] == [
+        "start",
+        "end",
+    ]
+    assert told == []
