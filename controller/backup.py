@@ -4,8 +4,9 @@ Backup runs beside a live daemon: each SQLite database is copied with the online
 (one consistent snapshot, even mid-write in WAL mode), the audit trail up to its last complete
 line (its chain verified in the copy), the site file and the profile files it names by path.
 Secrets are never copied; the manifest lists them. Restore checks the whole backup first,
-refuses a state dir a daemon holds or one that is not empty (without --force), then copies
-into place (temp + rename + fsync) and checks again. Exit 0 ok, 1 failure, 2 bad site file.
+refuses a backup of another site (without --other-site), a state dir a daemon holds or one
+that is not empty (without --force), then copies into place (temp + rename + fsync) and
+checks again. Exit 0 ok, 1 failure, 2 bad site file.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ from controller.audit import LOCK_NAME, TRAIL_NAME
 from controller.backup_manifest import (
     DIR_MODE,
     FILE_MODE,
+    JSONL_SUFFIX,
+    SIDE_SUFFIXES,
     AuditFacts,
     BackupError,
     DbFacts,
     FileCheck,
     FileEntry,
+    JsonlFacts,
     Kind,
     Manifest,
     ManifestError,
@@ -38,6 +42,7 @@ from controller.backup_manifest import (
     check_file,
     copy_bytes,
     copy_database,
+    copy_lines,
     copy_trail,
     fsync_dir,
     inline_secrets,
@@ -53,7 +58,11 @@ from controller.version import cellfab_version
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
-SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+# The daemon's first act on a state dir: daemon_parts.open_spool opens `spool.sqlite`, whose
+# Spool takes `spool.sqlite.lock` (spool._lock) before it touches anything; with controls it
+# later takes `audit.lock` (audit._lock). Restore holds both, created if missing.
+SPOOL_LOCK = "spool.sqlite.lock"
+DAEMON_LOCKS = (SPOOL_LOCK, LOCK_NAME)
 
 
 class RestoreRefused(Exception):
@@ -88,13 +97,14 @@ def backup(
         cellfab_version=cellfab_version(),
         created_utc=datetime.now(UTC).isoformat(),
         host=socket.gethostname(),
+        site_id=cfg.site.id,
         site_file=str(site_file.resolve()),
         state_dir=str(state.resolve()),
         env_overrides=tuple(sorted(v for v in ENV_OVERRIDES if env.get(v))),
         files=tuple(files),
         not_copied=tuple(secret_files(cfg, site_file.parent)),
         skipped=tuple(skipped),
-        warnings=tuple(inline_secrets(cfg, env) + _no_trail(state)),
+        warnings=tuple(inline_secrets(dest / "config" / site_file.name) + _no_trail(state)),
     )
     write_manifest(dest, manifest)
     return manifest
@@ -115,8 +125,11 @@ def _copy_state_file(src: Path, dst: Path) -> FileEntry:
     kind: Kind
     audit: AuditFacts | None = None
     db: DbFacts | None = None
+    lines: JsonlFacts | None = None
     if src.name == TRAIL_NAME:
         kind, audit = "audit", copy_trail(src, dst)
+    elif src.name.endswith(JSONL_SUFFIX):  # append-only (batches.jsonl): no torn last line
+        kind, lines = "jsonl", copy_lines(src, dst)
     elif is_sqlite(src):
         kind, db = "sqlite", copy_database(src, dst)
     else:
@@ -125,7 +138,14 @@ def _copy_state_file(src: Path, dst: Path) -> FileEntry:
     size, digest = sha256_file(dst)
     rel = f"state/{src.name}"
     return FileEntry(
-        path=rel, kind=kind, source=str(src.resolve()), size=size, sha256=digest, audit=audit, db=db
+        path=rel,
+        kind=kind,
+        source=str(src.resolve()),
+        size=size,
+        sha256=digest,
+        audit=audit,
+        db=db,
+        jsonl=lines,
     )
 
 
@@ -179,42 +199,91 @@ def check(backup_dir: Path, out: TextIO) -> Manifest | None:
     except ManifestError as exc:
         print(f"FAILED  {exc}", file=out)
         return None
+    site = "site not recorded" if manifest.site_id is None else f"site {manifest.site_id}"
     print(
         f"backup {backup_dir}: made {manifest.created_utc} on {manifest.host} by cellfab "
-        f"{manifest.cellfab_version} from {manifest.state_dir}",
+        f"{manifest.cellfab_version} from {manifest.state_dir} ({site})",
         file=out,
     )
     return manifest if _report(checks, out) else None
 
 
 def restore(
-    cfg: SiteConfig, backup_dir: Path, out: TextIO, *, force: bool, config_to: Path | None
+    cfg: SiteConfig,
+    backup_dir: Path,
+    out: TextIO,
+    *,
+    force: bool,
+    config_to: Path | None,
+    other_site: bool = False,
 ) -> bool:
     """Check the backup, then restore its state files into the site's state dir (and config).
 
-    Raises RestoreRefused (nothing written) when a daemon holds the state dir or it is not
-    empty without `force`. Returns whether the restored files verify.
+    Raises RestoreRefused (nothing written) when the backup is of another site without
+    `other_site`, a daemon holds the state dir, or it is not empty without `force`. Returns
+    whether the restored files verify.
     """
     manifest = check(backup_dir, out)
     if manifest is None:
         print("restore refused: the backup is not complete (above); nothing was written", file=out)
         return False
-    state = [e for e in manifest.files if e.path.startswith("state/")]
-    config = [e for e in manifest.files if e.path.startswith("config/")]
+    _check_site(manifest, cfg.site.id, other_site, out)
     target = cfg.state.dir
+    state = _destinations(manifest, "state/", target)
+    config = _destinations(manifest, "config/", config_to) if config_to is not None else []
+    _refuse_non_empty(target, force, ignore=_is_lock)  # before the locks: then nothing is made
     with _locked(target):
-        _refuse_non_empty(target, force, ignore=_is_lock)
+        _refuse_non_empty(target, force, ignore=_is_lock)  # again: a daemon may have started
         if config_to is not None:
             _refuse_non_empty(config_to, force, ignore=lambda _: False)
-        checks = _place(backup_dir, state, target, "state/", force)
+        checks = _place(backup_dir, state, target, force)
         if config_to is not None:
-            checks += _place(backup_dir, config, config_to, "config/", force)
+            checks += _place(backup_dir, config, config_to, force)
     print(f"restored into {target}" + (f" and {config_to}" if config_to else "") + ":", file=out)
     if manifest.not_copied:
         print("not in the backup (secrets), provide them:", file=out)
         for item in manifest.not_copied:
             print(f"  {item.key}: {item.path}", file=out)
     return _report(checks, out)
+
+
+def _check_site(manifest: Manifest, here: str, other_site: bool, out: TextIO) -> None:
+    """Refuse another site's backup: this site's daemon would send its spool as its own."""
+    there = manifest.site_id
+    if there is None:
+        print(
+            f"site: the backup does not record its site id (an older cellfab made it): it "
+            f"cannot be checked against this site, {here}",
+            file=out,
+        )
+    elif there != here and not other_site:
+        raise RestoreRefused(
+            f"the backup is of site {there!r}, the site file is of site {here!r}: its spool "
+            f"would be forwarded as {here!r}; give --other-site to restore it here anyway"
+        )
+    elif there != here:
+        print(f"site: restoring a backup of site {there} into site {here} (--other-site)", file=out)
+
+
+def _destinations(manifest: Manifest, prefix: str, target: Path) -> list[tuple[FileEntry, Path]]:
+    """Each entry under `prefix` with where it goes, refused unless that is inside `target`.
+
+    The manifest's paths are already plain (backup_manifest.path_problem); this also catches
+    a symlink in the target that would lead a file out of it.
+    """
+    root = target.resolve()
+    placed = []
+    for entry in manifest.files:
+        if not entry.path.startswith(prefix):
+            continue
+        final = target / entry.path.removeprefix(prefix)
+        where = final.parent.resolve() / final.name  # the rename replaces a link, never follows
+        if where == root or not where.is_relative_to(root):
+            raise RestoreRefused(
+                f"{entry.path}: would be written to {where}, outside {target}; nothing was written"
+            )
+        placed.append((entry, final))
+    return placed
 
 
 def _report(checks: list[FileCheck], out: TextIO) -> bool:
@@ -233,14 +302,15 @@ def _report(checks: list[FileCheck], out: TextIO) -> bool:
 
 @contextlib.contextmanager
 def _locked(target: Path) -> Iterator[None]:
-    """Hold the audit trail's lock (and every other lock there, the spool's) for the restore.
+    """Hold every lock the daemon takes (created if missing) and any other there.
 
-    A daemon holding one means it runs; holding them keeps one from starting mid-restore.
+    A daemon holding one means it runs; holding them keeps one from starting mid-restore,
+    even in a new state dir: its spool lock is the first thing it takes, so it exits.
     """
     target.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     with contextlib.ExitStack() as held:
-        others = sorted(p for p in target.glob("*.lock") if p.name != LOCK_NAME)
-        for path in [target / LOCK_NAME, *others]:
+        others = sorted(p for p in target.glob("*.lock") if p.name not in DAEMON_LOCKS)
+        for path in [*(target / name for name in DAEMON_LOCKS), *others]:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
             held.callback(os.close, fd)
             try:
@@ -274,13 +344,12 @@ def _refuse_non_empty(directory: Path, force: bool, ignore: Callable[[Path], boo
 
 
 def _place(
-    backup_dir: Path, entries: list[FileEntry], target: Path, prefix: str, force: bool
+    backup_dir: Path, entries: list[tuple[FileEntry, Path]], target: Path, force: bool
 ) -> list[FileCheck]:
     """Copy every file to a temp name and check it; only then move the old aside and rename."""
     staged: list[tuple[Path, Path]] = []
     try:
-        for entry in entries:
-            final = target / entry.path.removeprefix(prefix)
+        for entry, final in entries:
             final.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             tmp = final.with_name(f".{final.name}.restore-tmp")
             tmp.unlink(missing_ok=True)
@@ -296,7 +365,7 @@ def _place(
             _move_aside(final, target, aside)
         tmp.rename(final)
         fsync_dir(final.parent)
-    return [check_file(target / e.path.removeprefix(prefix), e) for e in entries]
+    return [check_file(final, entry) for entry, final in entries]
 
 
 def _stage(src: Path, tmp: Path, entry: FileEntry) -> None:
@@ -346,13 +415,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description="Verify every file of a backup against its manifest (size, SHA-256, "
         "audit chain, database integrity and row counts), then copy the state files into the "
         "site's state dir, which must be empty (or --force) and not in use by a daemon, and "
-        "verify again. Exit 0 complete, 1 failed or refused, 2 bad site file.",
+        "verify again. A backup of another site id is refused unless --other-site. Exit 0 "
+        "complete, 1 failed or refused, 2 bad site file.",
     )
     rs.add_argument("-c", "--config", type=Path, metavar="FILE", help="needed unless --check-only")
     rs.add_argument("--from", type=Path, required=True, metavar="DIR", dest="source")
     rs.add_argument("--check-only", action="store_true", help="verify the backup, write nothing")
     rs.add_argument("--force", action="store_true", help="restore into a non-empty state dir")
     rs.add_argument("--config-to", type=Path, metavar="DIR", help="also write the config there")
+    rs.add_argument(
+        "--other-site",
+        action="store_true",
+        help="restore a backup whose site id differs from the site file's",
+    )
     rs.set_defaults(handler=run_restore)
 
 
@@ -392,7 +467,14 @@ def run_restore(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_INVALID
     try:
-        ok = restore(cfg, args.source, sys.stdout, force=args.force, config_to=args.config_to)
+        ok = restore(
+            cfg,
+            args.source,
+            sys.stdout,
+            force=args.force,
+            config_to=args.config_to,
+            other_site=args.other_site,
+        )
     except (RestoreRefused, OSError) as exc:
         print(f"cellfab restore: refused: {exc}", file=sys.stderr)
         return EXIT_FAILED

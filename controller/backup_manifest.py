@@ -12,16 +12,15 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from collections.abc import Mapping
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
-from urllib.parse import quote
+from typing import BinaryIO, Literal, Self
+from urllib.parse import quote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from controller.audit_chain import verify_trail
-from controller.config import SiteConfig
 
 FORMAT = "cellfab-backup/1"
 MANIFEST_NAME = "manifest.json"
@@ -30,12 +29,14 @@ DIR_MODE = 0o700
 DB_SUFFIXES = (".sqlite3", ".sqlite", ".db")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_TIMEOUT_S = 10.0
+SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+JSONL_SUFFIX = ".jsonl"
 SECRETS_POLICY = (
     "key files and credential files (every `*_file` of the site file) and CELLFAB_* "
     "environment values are never copied: provide them on the restored host"
 )
 
-Kind = Literal["audit", "sqlite", "file", "site", "profile"]
+Kind = Literal["audit", "sqlite", "jsonl", "file", "site", "profile"]
 
 
 class _Model(BaseModel):
@@ -59,6 +60,38 @@ class DbFacts(_Model):
     source_journal_mode: str
 
 
+class JsonlFacts(_Model):
+    """An append-only JSON-lines copy (`batches.jsonl`): its lines, the torn bytes left out."""
+
+    lines: int = Field(ge=0)
+    torn_bytes_excluded: int = Field(default=0, ge=0)
+
+
+def path_problem(path: str) -> str | None:
+    """Why `path` is not one the backup writes, or None: restore joins it onto a target dir.
+
+    The writer makes `state/<file name>` (never a lock or SQLite side file: it skips those)
+    and `config/<relative path>`; anything else (`state//etc/x`, `state/../x`, `config/a/../b`)
+    would let a forged manifest write outside the state or config dir.
+    """
+    area, _, rest = path.partition("/")
+    parts = rest.split("/")
+    problem = None
+    if "\x00" in path:
+        problem = "holds a NUL byte"
+    elif area == "state":
+        if len(parts) != 1 or parts[0] in ("", ".", ".."):
+            problem = "must be state/<one file name>, without '/', '.' or '..'"
+        elif parts[0].endswith((".lock", *SIDE_SUFFIXES)):
+            problem = "names a lock or SQLite side file, which a backup never holds"
+    elif area == "config":
+        if any(part in ("", ".", "..") for part in parts):
+            problem = "must be config/<relative path>, without empty, absolute, '.' or '..' parts"
+    else:
+        problem = "must be state/<file name> or config/<relative path>"
+    return problem
+
+
 class FileEntry(_Model):
     """One copied file: `path` is relative to the backup dir (`state/...`, `config/...`)."""
 
@@ -69,6 +102,16 @@ class FileEntry(_Model):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     audit: AuditFacts | None = None
     db: DbFacts | None = None
+    jsonl: JsonlFacts | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _safe_path(cls, path: str) -> str:
+        """Refuse a path that restore could not place inside its target dir (see path_problem)."""
+        problem = path_problem(path)
+        if problem is not None:
+            raise ValueError(f"file {path!r} {problem}")
+        return path
 
 
 class NotCopied(_Model):
@@ -86,6 +129,9 @@ class Manifest(_Model):
     cellfab_version: str
     created_utc: str
     host: str
+    site_id: str | None = Field(
+        default=None, description="[site] id of the site backed up; None: an older backup"
+    )
     site_file: str
     state_dir: str
     env_overrides: tuple[str, ...] = Field(description="CELLFAB_* names set (values never)")
@@ -94,6 +140,16 @@ class Manifest(_Model):
     skipped: tuple[NotCopied, ...] = Field(description="state dir entries left out, and why")
     warnings: tuple[str, ...] = ()
     secrets_policy: str = SECRETS_POLICY
+
+    @model_validator(mode="after")
+    def _unique_paths(self) -> Self:
+        """One entry per path: a second entry must not vouch for a file the first one names."""
+        seen: set[str] = set()
+        for entry in self.files:
+            if entry.path in seen:
+                raise ValueError(f"file {entry.path!r} is listed twice")
+            seen.add(entry.path)
+        return self
 
 
 class BackupError(Exception):
@@ -185,7 +241,8 @@ def read_manifest(backup_dir: Path) -> Manifest:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ManifestError(f"{path}: not a valid manifest: {where}: {first['msg']}") from None
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ManifestError(f"{path}: not a valid manifest: {where}: {msg}") from None
 
 
 def fsync_dir(directory: Path) -> None:
@@ -203,7 +260,13 @@ def check_backup(backup_dir: Path) -> tuple[Manifest, list[FileCheck]]:
     Raises ManifestError when there is no usable manifest (nothing can be checked then).
     """
     manifest = read_manifest(backup_dir)
-    checks = [check_file(backup_dir / e.path, e) for e in manifest.files]
+    root = backup_dir.resolve()
+    checks = [
+        check_file(backup_dir / e.path, e)
+        if (backup_dir / e.path).resolve().is_relative_to(root)
+        else FileCheck(e.path, (f"resolves outside the backup dir {backup_dir} (a symlink?)",))
+        for e in manifest.files
+    ]
     listed = {e.path for e in manifest.files} | {MANIFEST_NAME}
     for extra in sorted(p for p in backup_dir.rglob("*") if p.is_file()):
         rel = extra.relative_to(backup_dir).as_posix()
@@ -235,6 +298,10 @@ def check_file(path: Path, entry: FileEntry) -> FileCheck:
         found, said = _check_db(path, entry.db)
         problems += found
         detail += f", {said}"
+    if entry.jsonl is not None:
+        found, said = _check_lines(path, entry.jsonl)
+        problems += found
+        detail += f", {said}"
     return FileCheck(entry.path, tuple(problems), detail)
 
 
@@ -251,6 +318,27 @@ def _check_audit(path: Path, want: AuditFacts) -> tuple[list[str], str]:
         )
     state = "chain intact" if verdict.intact else "chain NOT intact"
     return problems, f"{state}, {verdict.records} records, head #{seq} {head or '-'}"
+
+
+def _check_lines(path: Path, want: JsonlFacts) -> tuple[list[str], str]:
+    lines, torn = _count_lines(path)
+    problems = []
+    if torn:
+        problems.append(f"ends in a torn line ({torn} bytes after the last newline)")
+    if lines != want.lines:
+        problems.append(f"{lines} lines, the manifest says {want.lines}")
+    return problems, f"{lines} complete lines"
+
+
+def _count_lines(path: Path) -> tuple[int, int]:
+    """(newlines, bytes after the last one) of `path`."""
+    lines = tail = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            count = chunk.count(b"\n")
+            lines += count
+            tail = len(chunk) - chunk.rfind(b"\n") - 1 if count else tail + len(chunk)
+    return lines, tail
 
 
 def _check_db(path: Path, want: DbFacts) -> tuple[list[str], str]:
@@ -281,11 +369,12 @@ def is_sqlite(path: Path) -> bool:
         return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
 
 
-def copy_trail(src: Path, dst: Path) -> AuditFacts:
-    """Copy the trail up to its last newline (never a torn half line) and verify the copy.
+def _copy_complete_lines(src: Path, dst: Path) -> tuple[int, int]:
+    """Copy `src` up to its last newline; (bytes kept, bytes read).
 
-    Appends are single O_APPEND writes: every byte below the size read here is written, and
-    the bytes after the last newline are an append in flight (or a crash's torn tail).
+    Appends are O_APPEND writes ending in the newline: every byte below the size read here
+    is written, and the bytes after the last newline are an append in flight (or a crash's
+    torn tail), which a reader of the copy would choke on.
     """
     with src.open("rb") as fin, _create(dst) as fout:
         end = os.fstat(fin.fileno()).st_size
@@ -299,6 +388,19 @@ def copy_trail(src: Path, dst: Path) -> AuditFacts:
         fout.truncate(keep)
         fout.flush()
         os.fsync(fout.fileno())
+    return keep, pos
+
+
+def copy_lines(src: Path, dst: Path) -> JsonlFacts:
+    """Copy an append-only JSON-lines file (`batches.jsonl`) up to its last newline."""
+    keep, pos = _copy_complete_lines(src, dst)
+    lines, _ = _count_lines(dst)
+    return JsonlFacts(lines=lines, torn_bytes_excluded=pos - keep)
+
+
+def copy_trail(src: Path, dst: Path) -> AuditFacts:
+    """Copy the trail up to its last newline (never a torn half line) and verify the copy."""
+    keep, pos = _copy_complete_lines(src, dst)
     verdict = verify_trail(dst)
     if not verdict.intact:
         found = "; ".join(f.message for f in verdict.findings[:3])
@@ -385,10 +487,43 @@ def secret_files(cfg: BaseModel, base: Path) -> list[NotCopied]:
     return found
 
 
-def inline_secrets(cfg: SiteConfig, env: Mapping[str, str]) -> list[str]:
+def inline_secrets(site_copy: Path) -> list[str]:
+    """A warning per secret written into the copied site file itself (never the secret).
+
+    Read from the copy, not the loaded config: an env override (CELLFAB_*) is not in the
+    backup, while the file's own value is, even when the environment overrides it.
+    """
+    try:
+        raw = tomllib.loads(site_copy.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return [f"{site_copy.name}: cannot be read to look for secrets written in it ({exc})"]
     out = []
-    if cfg.mqtt.password is not None:
-        out.append("mqtt.password is written in the site file itself: it is in this backup")
-    if cfg.influx.token is not None and not env.get("CELLFAB_INFLUX_TOKEN"):
-        out.append("influx.token is written in the site file itself: it is in this backup")
+    for section, key in (("mqtt", "password"), ("influx", "token")):
+        if _value(raw, section, key) is not None:
+            out.append(
+                f"{section}.{key} is written in the site file itself: it is in this backup; "
+                f"move it to {section}.{key}_file or the environment"
+            )
+    for section in ("mqtt", "influx"):
+        url = _value(raw, section, "url")
+        if isinstance(url, str) and _url_password(url):
+            out.append(
+                f"{section}.url holds a password (user:password@host) in the site file "
+                "itself: it is in this backup; take it out of the URL and use "
+                f"{'mqtt.password_file' if section == 'mqtt' else 'influx.token_file'}"
+            )
     return out
+
+
+def _value(raw: dict[str, object], section: str, key: str) -> object:
+    table = raw.get(section)
+    return table.get(key) if isinstance(table, dict) else None
+
+
+def _url_password(url: str) -> bool:
+    """Whether the sinks would read a password from the URL's userinfo (as mqtt.Endpoint)."""
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:  # malformed (a bad IPv6 host): look at the authority by hand
+        authority = url.partition("://")[2].split("/", 1)[0]
+        return bool(authority.rpartition("@")[0].partition(":")[2])
