@@ -2,8 +2,10 @@
 
 Alarms come from `[[alarms]]` and from `[cleanroom]` (controller/cleanroom: the Annex 1
 limits of each room, for both operational states, the state not in force suppressed by
-design, and the ΔP links). Each room's state is a tag of its own stream (`room.<id>`,
-`in_operation` 1/0), recorded like any reading and switched by the `room_state` command.
+design, the ΔP links, and a quality alarm per source). Each room's state is a tag of its own
+stream (`room.<id>`, `in_operation` 1/0), recorded like any reading and switched by the
+`room_state` command; it is kept in `rooms.json` beside `alarms.json`, so a restart goes on
+with the limits in force, not with the config's (looser in operation) first default.
 Every transition goes out three ways: the alarm's retained snapshot on
 `<prefix>/alarms/<alarm>`, an `alarm` event (InfluxDB `alarm_events`, MQTT
 `events/alarm`), and, through the command that caused it, the audit trail.
@@ -18,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,9 +32,17 @@ from controller.alarms import (
     HealthTracker,
     persist,
 )
+from controller.alarms.events import iso_utc
 from controller.cancel import wait_at_most
 from controller.cleanroom.annex1 import State
-from controller.cleanroom.rooms import CleanroomConfig, LimitRule, link_rules, room_rules
+from controller.cleanroom.rooms import (
+    CleanroomConfig,
+    LimitRule,
+    link_rules,
+    link_source_rules,
+    room_rules,
+    source_rules,
+)
 from controller.command_actions import AlarmAction, RoomState
 from controller.loops import loop_tags
 from controller.tagstore import TagStore
@@ -45,6 +55,7 @@ log = logging.getLogger(__name__)
 
 STATES: tuple[State, ...] = ("at_rest", "in_operation")
 ROOM_TAG = "in_operation"
+ROOMS_FILE = "rooms.json"  # beside alarms.json: each room's state as last set
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +80,8 @@ def derived_tags(cfg: SiteConfig) -> list[str]:
 
 
 def cleanroom_alarms(cleanroom: CleanroomConfig | None) -> list[AlarmConfig]:
-    """The cleanroom's rules as engine alarms: per room both states, the other suppressed."""
+    """The cleanroom's rules as engine alarms: per room both states, the other suppressed;
+    each source's quality alarm (failed or stale data) in every state."""
     if cleanroom is None:
         return []
     out = []
@@ -80,12 +92,25 @@ def cleanroom_alarms(cleanroom: CleanroomConfig | None) -> list[AlarmConfig]:
                 alarm_id = rule.id.replace(f"room.{room.id}.", f"room.{room.id}.{state}.", 1)
                 suppress = {"tag": f"{room_stream(room.id)}.{ROOM_TAG}", "equals": equals}
                 out.append(_alarm(rule, alarm_id, suppress))
+        out += [_alarm(rule, rule.id, None) for rule in source_rules(room)]
     for link in cleanroom.pressure_links:
-        out += [_alarm(rule, rule.id, None) for rule in link_rules(link)]
+        rules = [*link_rules(link), *link_source_rules(link)]
+        out += [_alarm(rule, rule.id, None) for rule in rules]
     return out
 
 
 def _alarm(rule: LimitRule, alarm_id: str, suppress: dict[str, object] | None) -> AlarmConfig:
+    if rule.kind == "quality":  # its limit is the time without a new good reading
+        return AlarmConfig.model_validate(
+            {
+                "id": alarm_id,
+                "tag": rule.source,
+                "kind": "quality",
+                "priority": rule.priority,
+                "message": rule.message,
+                "stale_after_s": rule.limit,
+            }
+        )
     fields: dict[str, object] = {
         "id": alarm_id,
         "tag": rule.source,
@@ -121,8 +146,12 @@ class AlarmService:
     ) -> None:
         self.engine = AlarmEngine(configs)
         self._state_path = state_path
+        self._rooms_path = None if state_path is None else state_path.with_name(ROOMS_FILE)
         self.health = HealthTracker()
-        self.rooms = dict(rooms)  # room id -> at_rest | in_operation
+        # room id -> at_rest | in_operation: the config's first default until start() puts
+        # back the state last set (rooms.json); who set it and when, for the log and the file
+        self.rooms = dict(rooms)
+        self._room_set: dict[str, dict[str, object]] = {}
         self._store = store
         self._publish_state = publish_state
         self._record_event = record_event
@@ -135,9 +164,10 @@ class AlarmService:
 
     # --- per tick -------------------------------------------------------------------
     def start(self) -> None:
-        """Restore what operators did before a restart, record every room's state, publish
-        every alarm's snapshot (late joiners)."""
+        """Restore what operators did before a restart (alarm and room states), record every
+        room's state, publish every alarm's snapshot (late joiners)."""
         self._restore()
+        self._restore_rooms()
         for room in self.rooms:
             self._record_room(room)
         for alarm in self.engine.ids:
@@ -147,13 +177,15 @@ class AlarmService:
         """Evaluate every alarm on the latest values; publish what moved."""
         store, cols = self._store, self._value
         value = store.value[cols]
-        good = store.quality[cols] == Quality.GOOD
+        quality = store.quality[cols]
+        good = quality == Quality.GOOD
+        uncertain = quality == Quality.UNCERTAIN  # may raise an alarm, never clear one
         rx = store.t_receive_ns[cols]
         fresh = rx != self._last_rx
         self._last_rx = rx
         sp = store.value[self._sp]  # an alarm without a set-point tag reads its own (ignored)
         suppress = self.engine.table.suppression(store.value[self._sup])
-        events = self.engine.tick(now_s, t_ns, value, good, sp, suppress, fresh)
+        events = self.engine.tick(now_s, t_ns, value, good, sp, suppress, fresh, uncertain)
         self.ticks += 1
         self._emit(events)
         return events
@@ -231,6 +263,8 @@ class AlarmService:
         if action.room not in self.rooms:
             raise ValueError(f"there is no room {action.room!r}")
         self.rooms[action.room] = action.state
+        self._room_set[action.room] = {"by": user, "t_ns": utc_now_ns()}
+        self._save_rooms()
         self._record_room(action.room)
         log.info("room %s is now %s (by %s)", action.room, action.state, user)
 
@@ -247,17 +281,68 @@ class AlarmService:
             self._record_event(ev)
 
     def _restore(self) -> None:
-        if self._state_path is None:
-            return
+        """Alarm states from alarms.json, then the health tracker from them (no events)."""
+        if self._state_path is not None:
+            self._restore_alarms(self._state_path)
+        eng = self.engine
+        current = zip(eng.ids, eng.records, strict=True)
+        self.health.seed(((a, r.state, r.t_active_ns) for a, r in current), utc_now_ns())
+
+    def _restore_alarms(self, path: Path) -> None:
+        """Whatever is readable is restored; the rest starts from normal (more alarms, never
+        fewer), the file is kept aside for inspection and the daemon starts regardless."""
         try:
-            saved = persist.load(self._state_path)
-        except (OSError, ValueError) as exc:  # unreadable: start fresh, loudly (more alarms)
-            why = f"alarm states in {self._state_path} unreadable, starting from normal: {exc}"
-            log.error("%s", why)  # noqa: TRY400 - the reason is in the message
+            saved, wrong = persist.read(path)
+        except OSError as exc:
+            log.error("alarm states in %s unreadable, starting from normal: %s", path, exc)  # noqa: TRY400
             return
+        kept = _set_aside(path, wrong, "alarm states", "those alarms start from normal")
         n = persist.restore(self.engine, saved, time.monotonic(), utc_now_ns())
         if n:
-            log.info("alarm states restored for %d alarms from %s", n, self._state_path)
+            log.info("alarm states restored for %d alarms from %s", n, path)
+        if kept:
+            self._save()  # a clean file again, with what could be restored
+
+    def _restore_rooms(self) -> None:
+        """Each room's state as last set; the config's `state` only for a room never set."""
+        path = self._rooms_path
+        if path is None:
+            return
+        try:
+            saved, wrong = _read_rooms(path)
+        except OSError as exc:
+            log.error("room states in %s unreadable, using the config's: %s", path, exc)  # noqa: TRY400
+            return
+        _set_aside(path, wrong, "room states", "those rooms take the config's state")
+        for room, facts in saved.items():
+            if room not in self.rooms:
+                continue  # no longer configured
+            state, by, t_ns = facts["state"], facts.get("by"), facts.get("t_ns")
+            if state != self.rooms[room]:
+                when = "?" if t_ns is None else iso_utc(t_ns)
+                log.warning(
+                    "room %s restored %s (set by %s at %s), not the config's first default %s",
+                    room,
+                    state,
+                    by,
+                    when,
+                    self.rooms[room],
+                )
+            self.rooms[room] = state
+            self._room_set[room] = {"by": by, "t_ns": t_ns}
+        self._save_rooms()  # a first start keeps the config's states from now on
+
+    def _save_rooms(self) -> None:
+        if self._rooms_path is None:
+            return
+        doc = {
+            room: {"state": state, **self._room_set.get(room, {})}
+            for room, state in self.rooms.items()
+        }
+        try:
+            persist.write_atomic(self._rooms_path, doc)
+        except OSError as exc:
+            log.error("room states not saved to %s: %s", self._rooms_path, exc)  # noqa: TRY400
 
     def _save(self) -> None:
         if self._state_path is None:
@@ -277,6 +362,44 @@ class AlarmService:
         on = 1.0 if self.rooms[room] == "in_operation" else 0.0
         scan = Scan(room_stream(room), t_ns, (Sample.good(ROOM_TAG, on, "bool", t_ns),))
         self._record_scan(scan)
+
+
+def _read_rooms(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """(room id -> {state, by, t_ns} as saved, what is wrong with the file); OSError if
+    it exists but cannot be read."""
+    if not path.exists():
+        return {}, []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        return {}, [f"not JSON ({exc})"]
+    if not isinstance(data, dict):
+        return {}, [f"not an object of rooms but {json.dumps(data)[:40]}"]
+    good: dict[str, dict[str, Any]] = {}
+    wrong: list[str] = []
+    for room, facts in data.items():
+        if not isinstance(facts, dict) or facts.get("state") not in STATES:
+            wrong.append(f"{room}: no state at_rest or in_operation")
+        elif not isinstance(facts.get("by"), str | None):
+            wrong.append(f"{room}: 'by' is not text")
+        elif facts.get("t_ns") is not None and type(facts["t_ns"]) is not int:
+            wrong.append(f"{room}: 't_ns' is not a time in ns")
+        else:
+            good[room] = facts
+    return good, wrong
+
+
+def _set_aside(path: Path, wrong: list[str], what: str, consequence: str) -> bool:
+    """Log what is wrong with a state file and rename it aside; True if it was renamed."""
+    if not wrong:
+        return False
+    listed = "; ".join(wrong[:5]) + (f"; and {len(wrong) - 5} more" if len(wrong) > 5 else "")
+    try:
+        where = f"kept as {persist.set_aside(path, utc_now_ns())}"
+    except OSError as exc:
+        where = f"could not be kept aside ({exc})"
+    log.error("%s in %s not restorable: %s; %s; file %s", what, path, listed, consequence, where)
+    return where.startswith("kept")
 
 
 SYSTEM = "cellfab"  # the daemon's own stream: its health as tags, alarmed like any other

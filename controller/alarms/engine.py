@@ -41,6 +41,7 @@ class Record:
     """One alarm's state and the facts its retained message carries."""
 
     state: State = State.NORMAL
+    under: State = State.NORMAL  # the process state under the masks, while masked
     out_of_service: bool = False
     shelved: bool = False
     suppressed: bool = False
@@ -90,14 +91,16 @@ class AlarmEngine:
         setpoint: F64 | None = None,
         suppress: Bool | None = None,
         fresh: Bool | None = None,
+        uncertain: Bool | None = None,
     ) -> list[AlarmEvent]:
         """Evaluate every alarm once; return the transitions, in the order they happened.
 
         Shelving expiries come first, then suppression changes, then process transitions:
         an alarm unmasked this tick is re-evaluated against this tick's condition.
+        `uncertain` marks UNCERTAIN samples: they may raise a condition, never clear it.
         """
         sp = self._no_setpoint if setpoint is None else setpoint
-        flips = evaluate(self.table, self.conditions, value, good, sp, now_s, fresh)
+        flips = evaluate(self.table, self.conditions, value, good, sp, now_s, fresh, uncertain)
         events: list[AlarmEvent] = []
         if now_s >= self._next_expiry_s:
             self._expire(now_s, t_ns, events)
@@ -257,8 +260,13 @@ class AlarmEngine:
         reason: str | None = None,
     ) -> list[AlarmEvent]:
         rec = self.records[i]
+        if rec.state not in states.MASKS:  # the first mask: remember what it lies over
+            rec.under = rec.state
         active = bool(self.conditions.active[i])
-        new = states.settle(rec.out_of_service, rec.shelved, rec.suppressed, active)
+        latch = bool(self.table.latch[i])
+        new = states.settle(
+            rec.out_of_service, rec.shelved, rec.suppressed, active, rec.under, latch
+        )
         return self._move(i, new, cause, t_ns, events, user, reason)
 
     def _move(  # noqa: PLR0917 - internal: one transition, appended to `events`

@@ -2,7 +2,9 @@
 
 For every alarm, in this order: the compared quantity (`measure`) and its margin `e` beyond
 the limit (> 0 is abnormal); the raw condition with the deadband applied on return only,
-`raw = e > 0 or (active and e >= -deadband)`; a bad input holds the raw condition; then the
+`raw = e > 0 or (active and e >= -deadband)`; a bad input holds the raw condition, an
+UNCERTAIN one may raise it but never clear it (an overflowing particle count is a lower
+bound: above the limit it is a certain excursion, below it proves nothing); then the
 delays: `active` follows `raw` once `raw` has stayed put for on_delay_s (to become active)
 or off_delay_s (to return). Each kind group is a slice of the packed table, so every step
 is a ufunc over a view. The state machine (states.py) only sees the indices that flipped.
@@ -15,8 +17,8 @@ import numpy as np
 
 from controller.alarms.table import F64, AlarmTable, Bool, Idx
 
-_sub, _mul, _abs, _neg = np.subtract, np.multiply, np.abs, np.negative
-_gt, _ge, _eq, _ne = np.greater, np.greater_equal, np.equal, np.not_equal
+_add, _sub, _mul, _abs, _neg = np.add, np.subtract, np.multiply, np.abs, np.negative
+_gt, _ge, _lt, _eq, _ne = np.greater, np.greater_equal, np.less, np.equal, np.not_equal
 _and, _or, _not, _xor = np.logical_and, np.logical_or, np.logical_not, np.logical_xor
 _isfinite, _copyto, _count = np.isfinite, np.copyto, np.count_nonzero
 
@@ -27,7 +29,7 @@ class Group:
     def __init__(self, t: AlarmTable, c: Conditions, name: str) -> None:
         s = t.groups[name]
         self.s, self.n = s, s.stop - s.start
-        self.measure, self.e, self.usable = c.measure[s], c.e[s], c.usable[s]
+        self.measure, self.e, self.usable, self.unc = c.measure[s], c.e[s], c.usable[s], c.unc[s]
         self.limit, self.sign, self.flag = t.limit[s], t.sign[s], c.flag[s]
 
 
@@ -41,7 +43,9 @@ class Conditions:
         self.since_s = np.zeros(n)  # monotonic time raw last changed
         self.measure = np.full(n, np.nan)  # the compared quantity (docs/alarms.md)
         self.e = np.zeros(n)  # margin beyond the limit
-        self.usable = np.zeros(n, dtype=bool)
+        self.usable = np.zeros(n, dtype=bool)  # a good, finite sample: raises and clears
+        self.unc = np.zeros(n, dtype=bool)  # an UNCERTAIN finite sample: may only raise
+        self.take = np.zeros(n, dtype=bool)  # where raw follows this tick's input
         self.new_raw, self.flag, self.flip = (np.zeros(n, dtype=bool) for _ in range(3))
         self.delay = np.zeros(n)
         self.neg_deadband = -table.deadband
@@ -57,6 +61,8 @@ class Conditions:
         self.ring = np.zeros((m.shape[0], int(m.max(initial=1))), dtype=bool)
         self.ring_pos = np.zeros(m.shape[0], dtype=np.int64)
         self.ring_count = np.zeros(m.shape[0], dtype=np.int64)
+        self.ring_filled = np.zeros(m.shape[0], dtype=np.int64)  # samples seen, at most m
+        self.ring_open = np.zeros(m.shape[0], dtype=np.int64)  # scratch: count + unseen
         self.ring_rows = np.arange(m.shape[0])
 
 
@@ -68,42 +74,55 @@ def evaluate(  # noqa: PLR0917 - the tick's inputs, positionally like pid.update
     setpoint: F64,
     now_s: float,
     fresh: Bool | None = None,
+    uncertain: Bool | None = None,
 ) -> Idx:
     """Update every alarm's condition for this tick; return the indices whose `active` flipped.
 
     Inputs are aligned with `table.ids`. `good` is False for a bad or stale sample (a
     non-finite value counts as bad too); `setpoint` is read by deviation alarms only;
     `fresh` (default: all) marks alarms whose tag has a new sample this tick, so that
-    N-of-M windows and rates of change count samples, not ticks.
+    N-of-M windows, rates of change and staleness count samples, not ticks; `uncertain`
+    (default: none) marks UNCERTAIN samples, whose value may raise a condition but not
+    clear it (`good` wins where both are set).
     """
-    usable, e, measure = c.usable, c.e, c.measure
+    usable, unc, e, measure = c.usable, c.unc, c.e, c.measure
     _isfinite(value, usable)
+    if uncertain is None:
+        unc.fill(False)
+    else:
+        _and(usable, uncertain, unc)
+        _gt(unc, good, unc)  # bools: unc and not good
     _and(usable, good, usable)
+    c.roc.unc.fill(False)  # a rate from a lower bound means nothing: UNCERTAIN is bad there
     _copyto(measure, value)
     if c.level.n:
         _level(c.level)
     if c.dev.n:
         _deviation(c.dev, value, setpoint)
-    _not(usable, c.flag)
+    _or(usable, unc, c.flag)
+    _not(c.flag, c.flag)
     _copyto(measure, np.nan, where=c.flag)  # a bad sample has no value to report
     if c.roc.n:
         _roc(c, value, fresh, now_s)
     if c.disc.n:
         _discrete(c.disc, value)
     if c.qual.n:
-        _quality(c.qual)
+        _quality(c.qual, fresh)
     if c.nom.n:
         _n_of_m(c, value, fresh)
-    # raw = e > 0 or (active and e >= -deadband); a bad input keeps the previous raw
-    new_raw, hold = c.new_raw, c.flag
+    # raw = e > 0 or (active and e >= -deadband); a bad input keeps the previous raw, an
+    # UNCERTAIN one is taken only where it raises (or keeps) the condition
+    new_raw, hold, take = c.new_raw, c.flag, c.take
     _ge(e, c.neg_deadband, hold)
     _and(hold, c.active, hold)
     _gt(e, 0.0, new_raw)
     _or(new_raw, hold, new_raw)
+    _and(unc, new_raw, take)
+    _or(take, usable, take)
     changed = hold
     _ne(new_raw, c.raw, changed)
-    _and(changed, usable, changed)
-    _copyto(c.raw, new_raw, where=usable)
+    _and(changed, take, changed)
+    _copyto(c.raw, new_raw, where=take)
     _copyto(c.since_s, now_s, where=changed)
     # the delays: flip active where raw differs and has held for the delay that applies
     _sub(now_s, c.since_s, e)
@@ -129,6 +148,7 @@ def _deviation(g: Group, value: F64, sp: F64) -> None:
     _sub(value[s], sp[s], g.measure)
     _isfinite(sp[s], g.flag)
     _and(g.usable, g.flag, g.usable)
+    _and(g.unc, g.flag, g.unc)
     _abs(g.measure, g.e)
     _sub(g.e, g.limit, g.e)
 
@@ -159,9 +179,19 @@ def _discrete(g: Group, value: F64) -> None:
     g.e -= 1.0
 
 
-def _quality(g: Group) -> None:
-    """e = +1 while the sample is bad or stale; never held (bad data is the condition)."""
-    _not(g.usable, g.flag)
+def _quality(g: Group, fresh: Bool | None) -> None:
+    """e = +1 in a tick without a new good sample; never held (bad data is the condition).
+
+    A tag whose receive time stops moving (a driver re-publishing its last record as GOOD)
+    is as blind as a BAD one: with the on-delay stale_after_s, the alarm is active once no
+    tick has brought a new good sample for stale_after_s. Without `fresh`, every sample is
+    new and only bad ones count.
+    """
+    if fresh is None:
+        _not(g.usable, g.flag)
+    else:
+        _and(g.usable, fresh[g.s], g.flag)
+        _not(g.flag, g.flag)
     _mul(g.flag, 2.0, g.e)
     g.e -= 1.0
     g.usable.fill(True)
@@ -171,19 +201,36 @@ def _n_of_m(c: Conditions, value: F64, fresh: Bool | None) -> None:
     """measure = how many of the last window_m usable samples exceeded the limit.
 
     One ring buffer row per alarm; a fresh usable sample replaces the oldest one and the
-    count moves by the difference. e = count − window_n + ½, so count ≥ window_n is e > 0.
+    count moves by the difference; an UNCERTAIN one enters only when it is above the limit
+    (a count it certainly is). e = count − window_n + ½, so count ≥ window_n is e > 0. A
+    window not yet full (after a start or restart) raises as soon as it holds window_n
+    counts but returns only once even counts in all its unseen places could not reach
+    window_n: a restored active alarm with an empty window holds instead of returning.
     """
     g = c.nom
-    take = g.usable if fresh is None else g.usable & fresh[g.s]
+    above = value[g.s] > g.limit  # NaN is not above
+    take = g.unc & above
+    _or(take, g.usable, take)
+    if fresh is not None:
+        _and(take, fresh[g.s], take)
     rows = c.ring_rows if _count(take) == g.n else take.nonzero()[0]
     pos = c.ring_pos[rows]
-    new = value[g.s][rows] > g.limit[rows]
+    new = above[rows]
     c.ring_count[rows] += new.astype(np.int64) - c.ring[rows, pos]
     c.ring[rows, pos] = new
     pos += 1
     pos[pos >= c.window_m[rows]] = 0
     c.ring_pos[rows] = pos
+    filled = c.ring_filled[rows] + 1
+    c.ring_filled[rows] = np.minimum(filled, c.window_m[rows])
     _copyto(g.measure, c.ring_count)
     _sub(c.ring_count, c.window_n, g.e, casting="unsafe")
     g.e += 0.5
-    g.usable.fill(True)
+    # usable: the count decides (at or above n, or below n even if every unseen place counted)
+    most = c.ring_open
+    _sub(c.window_m, c.ring_filled, most)
+    _add(most, c.ring_count, most)
+    _lt(most, c.window_n, g.usable)
+    _gt(g.e, 0.0, g.flag)
+    _or(g.usable, g.flag, g.usable)
+    g.unc.fill(False)

@@ -2,7 +2,9 @@
 
 `HealthTracker.observe` takes each tick's events (cheap: a few appends per event) and
 `metrics` is called about once a minute: counts over rolling windows, the alarms that
-chattered or stand, and the lists of shelved, suppressed and out-of-service alarms.
+chattered or stand, and the lists of shelved, suppressed and out-of-service alarms. After a
+restart `seed` starts it from the restored states: they come back without events, and the
+lists and counts of what is true now must not read empty.
 """
 
 from __future__ import annotations
@@ -57,6 +59,20 @@ class HealthTracker:
         self._chattered: dict[str, int] = {}  # alarm → last time it met the chatter rule
         self._active_since: dict[str, int] = {}
         self._state: dict[str, State] = {}
+
+    def seed(self, current: Iterable[tuple[str, State, int | None]], now_ns: int) -> None:
+        """Take each alarm's (id, state, activation time) as it is now, e.g. just restored.
+
+        The states feed the lists and the unacknowledged count; an active alarm stands from
+        its activation time (now if unknown). Rates and chattering restart empty: the events
+        before the restart are in the record, not here.
+        """
+        for alarm, state, t_active_ns in current:
+            self._state[alarm] = state
+            if state in ACTIVE:
+                self._active_since[alarm] = now_ns if t_active_ns is None else t_active_ns
+            else:
+                self._active_since.pop(alarm, None)
 
     def observe(self, events: Iterable[AlarmEvent]) -> None:
         """Take events in time order, as `AlarmEngine` returns them."""

@@ -4,7 +4,9 @@ A process transition (`ALARM`, `RETURN`) or an operator action (`ACK`, `RESET`) 
 (state, cause) pair up in a table; a pair that is not in the table changes nothing (process)
 or is refused (operator). Shelving, suppression by design and out-of-service are masks laid
 over the process state: while any is set the alarm shows the strongest of them, and when the
-last one is lifted the state is re-evaluated (`settle`): active → unacknowledged, else normal.
+last one is lifted the state is re-evaluated (`settle`): active → unacknowledged, else the
+state under the mask after a return, so that what still needs an ack or a reset keeps
+needing it (a mask hides an alarm; it never acknowledges or resets one).
 """
 
 from __future__ import annotations
@@ -80,12 +82,24 @@ def operator(state: State, cause: Cause) -> State | None:
     return OPERATOR.get((state, cause))
 
 
-def settle(out_of_service: bool, shelved: bool, suppressed: bool, active: bool) -> State:
-    """The state of an alarm whose masks changed: the strongest mask, else re-evaluated."""
+def settle(  # noqa: PLR0917 - the masks, the condition, the state under them
+    out_of_service: bool,
+    shelved: bool,
+    suppressed: bool,
+    active: bool,
+    under: State = S.NORMAL,
+    latch: bool = False,
+) -> State:
+    """The state of an alarm whose masks changed: the strongest mask, else re-evaluated.
+
+    `under` is the process state the alarm had when the first mask was laid on. Active now:
+    a new occurrence (B). Returned: `under` after a return (B → D or E, C → A or F; D, E,
+    F stay), so a latched or unacknowledged alarm still needs its ack or reset.
+    """
     if out_of_service:
         return S.OUT_OF_SERVICE
     if shelved:
         return S.SHELVED
     if suppressed:
         return S.SUPPRESSED
-    return S.UNACK if active else S.NORMAL
+    return S.UNACK if active else process(under, C.RETURN, latch)

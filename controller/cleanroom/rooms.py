@@ -6,7 +6,9 @@ room can need, in both operational states, is resolved when the config loads, so
 a room between `at_rest` and `in_operation` by command can never reach a missing limit.
 
 `derive_rules` turns the config and each room's current state into a flat list of
-`LimitRule`s, independent of the alarm engine: the engine's config is built from them.
+`LimitRule`s, independent of the alarm engine: the engine's config is built from them. Every
+source tag also gets a `quality` rule: a counter or transmitter that fails, or whose data
+stop being new, blinds its limit rules (they hold on bad data), so it must alarm itself.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ PRESSURE_UNIT: Final = "Pa"
 DP_ALERT_PA: Final = 12.0  # domain.md §1.6 suggested daemon default, for QA to confirm
 DP_ON_DELAY_S: Final = 60.0  # §1.6/§4.3: 30-60 s rides through door openings; upper end
 DP_DEADBAND_PA: Final = 1.0  # §4.3: pressure 2 % of span; 2 % of a 50 Pa transmitter
+# how long a source may give no new good reading before its quality alarm (docs/cleanroom.md)
+PARTICLE_STALE_AFTER_S: Final = 180.0  # two missed 1-min records (sample + hold) and a margin
+DP_STALE_AFTER_S: Final = 60.0  # as long as the ΔP on-delay: no blinder than a door opening
 
 
 class SiteLevels(Frozen):
@@ -87,7 +92,10 @@ class RoomConfig(Frozen):
     name: str = ""
     grade: Grade
     limit_set: LimitSetName = "eu-annex1-2022"
-    state: State = Field(default="in_operation", description="state at start-up")
+    state: State = Field(
+        default="in_operation",
+        description="state at the first start; later the last state set by command (kept)",
+    )
     p05_tag: str = Field(pattern=SOURCE_PATTERN, description="device.tag, ≥0.5 µm particles/m³")
     p50_tag: str = Field(pattern=SOURCE_PATTERN, description="device.tag, ≥5.0 µm particles/m³")
     alert_fraction: float | None = Field(
@@ -96,6 +104,12 @@ class RoomConfig(Frozen):
     at_rest: StateLevels = StateLevels()
     in_operation: StateLevels = StateLevels()
     n_of_m: NOfMConfig = Field(default=NOfMConfig(), description="repeated low-level 5 µm counts")
+    stale_after_s: float = Field(
+        default=PARTICLE_STALE_AFTER_S,
+        gt=0.0,
+        le=3600.0,
+        description="no new good particle reading this long: quality alarm (> record period)",
+    )
 
     @model_validator(mode="after")
     def _levels_resolve(self) -> Self:
@@ -209,6 +223,12 @@ class PressureLinkConfig(Frozen):
         default=DP_ON_DELAY_S, ge=0.0, le=3600.0, description="rides through door openings"
     )
     deadband_pa: float = Field(default=DP_DEADBAND_PA, ge=0.0, allow_inf_nan=False)
+    stale_after_s: float = Field(
+        default=DP_STALE_AFTER_S,
+        gt=0.0,
+        le=3600.0,
+        description="no new good ΔP reading this long: quality alarm (> poll period)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -268,7 +288,7 @@ class CleanroomConfig(Frozen):
 
 # --- Limit rules: what the alarm engine evaluates ------------------------------------------
 
-RuleKind = Literal["high", "low", "n_of_m"]
+RuleKind = Literal["high", "low", "n_of_m", "quality"]
 Priority = Literal["low", "medium", "high", "critical"]
 
 
@@ -279,8 +299,10 @@ class LimitRule:
     `high`: active while value > limit (a table limit is the highest permitted value).
     `low`: active while value < limit (the differential must be at least the limit).
     `n_of_m`: active while at least `n` of the last `m` samples (new readings of the source,
-    not ticks) are > limit. Deadband is in the source's unit; delays in seconds. Particle
-    rules keep the zero defaults: each sample is one whole measurement, judged on its own.
+    not ticks) are > limit. `quality`: active while the source has given no new good
+    reading for `limit` seconds (its stale_after_s). Deadband is in the source's unit;
+    delays in seconds. Particle rules keep the zero defaults: each sample is one whole
+    measurement, judged on its own.
     """
 
     id: str
@@ -362,6 +384,43 @@ def room_rules(room: RoomConfig, state: State | None = None) -> list[LimitRule]:
     return rules
 
 
+def source_rules(room: RoomConfig) -> list[LimitRule]:
+    """A quality rule per particle source of `room`, whatever its state.
+
+    The limit rules hold on bad data (a BAD sample neither raises nor clears), so a failed,
+    frozen or UNCERTAIN-only counter would leave them silent. High in Grades A/B, where
+    Annex 1 §9 asks for continuous monitoring during critical processing, medium in C/D.
+    Not critical: that stays for the one real excursion (§4.2).
+    """
+    priority: Priority = "high" if room.grade in ("A", "B") else "medium"
+    out = []
+    for size in ParticleSize:
+        source = room.p05_tag if size is ParticleSize.P05 else room.p50_tag
+        message = (
+            f"Room {room.label} (Grade {room.grade}): no new good {size.label} reading from "
+            f"{source} for {_num(room.stale_after_s)} s; the room's particle alarms cannot see"
+        )
+        rule_id = f"room.{room.id}.{size.value}.quality"
+        out.append(
+            LimitRule(
+                rule_id, source, "quality", room.stale_after_s, PARTICLE_UNIT, priority, message
+            )
+        )
+    return out
+
+
+def link_source_rules(link: PressureLinkConfig) -> list[LimitRule]:
+    """The quality rule of a ΔP link's transmitter: high, as the action rule it blinds."""
+    message = (
+        f"Pressure {link.high_room} -> {link.low_room}: no new good reading from {link.tag} "
+        f"for {_num(link.stale_after_s)} s; the ΔP alarms cannot see"
+    )
+    rule_id = f"dp.{link.high_room}.{link.low_room}.quality"
+    return [
+        LimitRule(rule_id, link.tag, "quality", link.stale_after_s, PRESSURE_UNIT, "high", message)
+    ]
+
+
 def link_rules(link: PressureLinkConfig) -> list[LimitRule]:
     """ΔP rules: action (below min_pa) high, alert (below alert_pa) medium, both delayed.
 
@@ -403,8 +462,14 @@ def derive_rules(
     unknown = set(current) - {room.id for room in site.rooms}
     if unknown:
         raise ValueError(f"state given for unknown room(s): {', '.join(sorted(unknown))}")
-    rules = [r for room in site.rooms for r in room_rules(room, current.get(room.id))]
-    return rules + [r for link in site.pressure_links for r in link_rules(link)]
+    rules = [
+        r
+        for room in site.rooms
+        for r in (*room_rules(room, current.get(room.id)), *source_rules(room))
+    ]
+    return rules + [
+        r for link in site.pressure_links for r in (*link_rules(link), *link_source_rules(link))
+    ]
 
 
 def check_sources(rules: Iterable[LimitRule], units: Mapping[str, str]) -> list[str]:

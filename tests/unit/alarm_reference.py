@@ -55,24 +55,29 @@ class RefAlarm:
         self.measure = math.nan
         self.last_v, self.last_t, self.rate = math.nan, math.nan, math.nan
         self.window: deque[bool] = deque(maxlen=cfg.window_m or 1)
-        self.state = "normal"
+        self.state = self.under = "normal"
         self.oos = self.shelved = self.suppressed = False
         self.shelved_until = math.inf
 
-    def condition(self, v: float, good: bool, sp: float, now: float, fresh: bool) -> bool:
+    def condition(  # noqa: PLR0917 - one tick's inputs of one alarm
+        self, v: float, good: bool, sp: float, now: float, fresh: bool, uncertain: bool = False
+    ) -> bool:
         """Update the condition; True if `active` flipped."""
         cfg, lim = self.cfg, self.limit
         usable = good and math.isfinite(v)
-        self.measure = v if usable else math.nan
+        unc = not good and uncertain and math.isfinite(v)  # may raise, never clear
+        self.measure = v if usable or unc else math.nan
         if cfg.kind in ("high", "high_high"):
             e = v - lim
         elif cfg.kind in ("low", "low_low"):
             e = lim - v
         elif cfg.kind == "deviation":
             usable = usable and math.isfinite(sp)
-            self.measure = v - sp if usable else math.nan
+            unc = unc and math.isfinite(sp)
+            self.measure = v - sp if usable or unc else math.nan
             e = abs(self.measure) - lim
         elif cfg.kind == "roc":
+            unc = False  # no rate from an UNCERTAIN sample
             if usable and fresh and not self.last_t >= now:
                 self.rate = (v - self.last_v) / (now - self.last_t) * 60.0
                 self.last_v, self.last_t = v, now
@@ -82,19 +87,21 @@ class RefAlarm:
         elif cfg.kind == "discrete":
             e = 1.0 if v == lim else -1.0
         elif cfg.kind == "quality":
-            e = -1.0 if usable else 1.0
+            e = -1.0 if usable and fresh else 1.0
             usable = True
         else:  # n_of_m
-            if usable and fresh:
+            if fresh and (usable or (unc and v > lim)):
                 self.window.append(v > lim)
             count = sum(self.window)
+            n, unseen = cfg.window_n or 0, (cfg.window_m or 1) - len(self.window)
             self.measure = float(count)
-            e = count - (cfg.window_n or 0) + 0.5
-            usable = True
-        if usable:
-            raw = e > 0 or (self.active and e >= -cfg.deadband)
-            if raw != self.raw:
-                self.raw, self.since = raw, now
+            e = count - n + 0.5
+            usable = count >= n or count + unseen < n  # else it could go either way: hold
+            unc = False
+        raw = e > 0 or (self.active and e >= -cfg.deadband)
+        taken = usable or (unc and raw)  # bad holds; UNCERTAIN only raises
+        if taken and raw != self.raw:
+            self.raw, self.since = raw, now
         delay = self.on_delay if self.raw else self.cfg.off_delay_s
         if self.raw != self.active and now - self.since >= delay:
             self.active = self.raw
@@ -114,6 +121,9 @@ class RefAlarm:
     def resettle(
         self, cause: str, t_ns: int, user: str | None = None, reason: str | None = None
     ) -> list[Ev]:
+        if self.state not in ("out_of_service", "shelved", "suppressed"):
+            self.under = self.state
+        under, latch = self.under, self.cfg.latch
         if self.oos:
             to = "out_of_service"
         elif self.shelved:
@@ -122,8 +132,12 @@ class RefAlarm:
             to = "suppressed"
         elif self.active:
             to = "unacknowledged"
-        else:
-            to = "normal"
+        elif under == "unacknowledged":  # returned under the mask, never acknowledged
+            to = "latched_unacknowledged" if latch else "rtn_unacknowledged"
+        elif under == "acknowledged":
+            to = "latched_acknowledged" if latch else "normal"
+        else:  # normal stays normal; D, E and F still need their ack or reset
+            to = under
         return self.go(to, cause, t_ns, user, reason)
 
     def process(self, t_ns: int) -> list[Ev]:
@@ -145,9 +159,17 @@ class RefAlarm:
         return []
 
     def tick(  # noqa: PLR0917 - one tick of one alarm
-        self, v: float, good: bool, sp: float, supp: bool, now: float, t_ns: int, fresh: bool
+        self,
+        v: float,
+        good: bool,
+        sp: float,
+        supp: bool,
+        now: float,
+        t_ns: int,
+        fresh: bool,
+        uncertain: bool = False,
     ) -> list[Ev]:
-        flipped = self.condition(v, good, sp, now, fresh)
+        flipped = self.condition(v, good, sp, now, fresh, uncertain)
         events: list[Ev] = []
         if self.shelved and self.shelved_until <= now:
             self.shelved, self.shelved_until = False, math.inf
@@ -225,8 +247,12 @@ class RefEngine:
         setpoint: Sequence[float],
         suppress: Sequence[bool],
         fresh: Sequence[bool],
+        uncertain: Sequence[bool] | None = None,
     ) -> list[Ev]:
         events: list[Ev] = []
+        unc = [False] * len(self.alarms) if uncertain is None else uncertain
         for k, alarm in enumerate(self.alarms):
-            events += alarm.tick(value[k], good[k], setpoint[k], suppress[k], now_s, t_ns, fresh[k])
+            events += alarm.tick(
+                value[k], good[k], setpoint[k], suppress[k], now_s, t_ns, fresh[k], unc[k]
+            )
         return events

@@ -223,3 +223,71 @@ def test_limit_crossing_is_strict_and_deadband_edge_holds() -> None:
     events = run(eng, t, [40.0, 40.25, 39.5, 39.25, 39.5])
     assert events == [(1.0, Cause.ALARM), (3.0, Cause.RETURN)]
     assert all(b > a for (a, _), (b, _) in pairwise(events))
+
+
+def uncertain_run(
+    eng: AlarmEngine, steps: list[tuple[float, str]], *, fresh: bool = True
+) -> list[Cause]:
+    """Feed one alarm (value, quality) pairs, one per second; quality: good/uncertain/bad."""
+    out = []
+    for k, (v, q) in enumerate(steps):
+        events = eng.tick(
+            float(k + 1),
+            k + 1,
+            np.array([v]),
+            np.array([q == "good"]),
+            fresh=np.array([fresh]),
+            uncertain=np.array([q == "uncertain"]),
+        )
+        out += [e.cause for e in events]
+    return out
+
+
+def test_an_uncertain_value_beyond_a_high_limit_alarms_but_never_returns() -> None:
+    """A particle overflow is a lower bound: above the limit it is a certain excursion, so
+    it raises; below the limit it proves nothing, so only a good sample returns the alarm."""
+    eng = engine({"id": "p", "tag": "pc.p50", "kind": "high", "limit": 29.0})
+    got = uncertain_run(eng, [(5000.0, "uncertain"), (1.0, "uncertain"), (1.0, "good")])
+    assert got == [Cause.ALARM, Cause.RETURN]
+    assert eng.snapshot("p")["value"] == 1.0
+    eng = engine({"id": "p", "tag": "pc.p50", "kind": "high", "limit": 29.0})
+    uncertain_run(eng, [(5000.0, "uncertain")])
+    assert eng.snapshot("p")["value"] == 5000.0  # an UNCERTAIN value is still reported
+    assert uncertain_run(eng, [(5000.0, "bad")]) == []  # BAD: held, no value
+    assert eng.snapshot("p")["value"] is None
+
+
+def test_an_uncertain_value_raises_a_low_limit_too_but_never_clears_it() -> None:
+    """Low limits: an UNCERTAIN value below the limit alarms (more alarms, never fewer), one
+    above it does not return the alarm; UNCERTAIN within limits raises nothing."""
+    eng = engine({"id": "dp", "tag": "dp.pa", "kind": "low", "limit": 10.0})
+    steps = [(15.0, "uncertain"), (5.0, "uncertain"), (15.0, "uncertain"), (15.0, "good")]
+    assert uncertain_run(eng, steps) == [Cause.ALARM, Cause.RETURN]
+
+
+NM23 = {"window_n": 2, "window_m": 3}
+
+
+def test_uncertain_samples_in_n_of_m_and_rate_of_change() -> None:
+    """N-of-M: an UNCERTAIN sample above the level is a count, one below it does not enter
+    the window (it could displace a count). Rate of change: UNCERTAIN gives no rate."""
+    eng = engine({"id": "n", "tag": "pc.p50", "kind": "n_of_m", "limit": 20.0} | NM23)
+    steps = [(25.0, "good"), (25.0, "uncertain"), (1.0, "uncertain"), (1.0, "uncertain")]
+    assert uncertain_run(eng, steps) == [Cause.ALARM]
+    assert eng.conditions.measure[0] == 2
+    eng = engine({"id": "r", "tag": "x.y", "kind": "roc", "rate_per_min": 5.0})
+    assert uncertain_run(eng, [(0.0, "good"), (100.0, "uncertain"), (0.05, "good")]) == []
+
+
+def test_quality_alarm_when_the_receive_time_stops() -> None:
+    """A driver that re-publishes its last record as GOOD (receive time unchanged, so not
+    fresh) is as blind as a BAD one: no new good sample for stale_after_s alarms."""
+    eng = engine({"id": "q", "tag": "pc.p50", "kind": "quality", "stale_after_s": 120})
+    causes = []
+    for t in range(0, 400, 10):  # a new record every 60 s until t = 120, then the same one
+        fresh = t % 60 == 0 and t <= 120
+        events = eng.tick(float(t), t, np.array([3.0]), np.array([True]), fresh=np.array([fresh]))
+        causes += [(t, e.cause) for e in events]
+    assert causes == [(250, Cause.ALARM)]  # 120 s after the first tick with nothing new
+    events = eng.tick(400.0, 400, np.array([3.0]), np.array([True]), fresh=np.array([True]))
+    assert [e.cause for e in events] == [Cause.RETURN]

@@ -61,7 +61,9 @@ class Signals:
         flips = rng.random((ticks, disc.stop - disc.start)) < 0.15
         self.value[:, disc] = np.cumsum(flips, axis=0) % 2
         self.value[rng.random((ticks, n)) < 0.03] = np.nan
-        self.good = rng.random((ticks, n)) > 0.05
+        self.good = rng.random((ticks, n)) > 0.1
+        # about half the not-good samples UNCERTAIN; some good ones flagged too (good wins)
+        self.uncertain = rng.random((ticks, n)) < 0.06
         self.sp = np.cumsum(rng.normal(0, 0.1, (ticks, n)), axis=0)
         self.sp[rng.random((ticks, n)) < 0.02] = np.nan
         self.suppress = (np.cumsum(rng.random((ticks, n)) < 0.05, axis=0) % 2).astype(bool)
@@ -146,7 +148,14 @@ def test_engine_equals_reference(seed: int, n: int) -> None:
         now += float(sig.dt[k])
         t_ns = 1_700_000_000_000_000_000 + k * 1_000_000
         got = eng.tick(
-            now, t_ns, sig.value[k], sig.good[k], sig.sp[k], sig.suppress[k], sig.fresh[k]
+            now,
+            t_ns,
+            sig.value[k],
+            sig.good[k],
+            sig.sp[k],
+            sig.suppress[k],
+            sig.fresh[k],
+            sig.uncertain[k],
         )
         want = ref.tick(
             now,
@@ -156,6 +165,7 @@ def test_engine_equals_reference(seed: int, n: int) -> None:
             sig.sp[k].tolist(),
             sig.suppress[k].tolist(),
             sig.fresh[k].tolist(),
+            sig.uncertain[k].tolist(),
         )
         assert per_alarm([as_ev(e) for e in got]) == per_alarm(want), k
         if rng.random() < 0.3:

@@ -101,3 +101,26 @@ def test_masked_alarms_are_listed_from_the_engine_events() -> None:
     assert m.annunciated_last_hour == 3
     assert m.unacknowledged == 0
     assert m.as_dict()["shelved"] == ["x"]
+
+
+def test_seed_takes_the_restored_states() -> None:
+    """After a restart the states come back without events: seeded, the lists, the
+    unacknowledged count and standing alarms are right at once."""
+    h = HealthTracker()
+    h.seed(
+        [
+            ("a", State.UNACK, T0 - 25 * 3600 * S),  # active for 25 h before the restart
+            ("b", State.LATCHED_UNACK, T0 - S),
+            ("c", State.OUT_OF_SERVICE, None),
+            ("d", State.SHELVED, None),
+            ("e", State.ACKED, None),  # activation time unknown: from now
+            ("f", State.NORMAL, None),
+        ],
+        T0,
+    )
+    m = h.metrics(T0 + S)
+    assert m.unacknowledged == 2
+    assert (m.out_of_service, m.shelved, m.standing) == (("c",), ("d",), ("a",))
+    assert m.annunciated_last_hour == 0
+    h.observe([ev("a", State.UNACK, State.ACKED, Cause.ACK, 2)])
+    assert h.metrics(T0 + 3 * S).unacknowledged == 1

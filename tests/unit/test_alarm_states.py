@@ -112,9 +112,11 @@ def test_latched_acked_alarm_returns_to_latched_acked() -> None:
     assert a.tick(HIGH) == [(E, B, Cause.ALARM)]
 
 
-@pytest.mark.parametrize("start", ["A", "B", "C", "D"])
-def test_shelve_and_unshelve_re_evaluates(start: str) -> None:
-    """From A/B/C/D shelving gives G; unshelving re-evaluates: active → B, normal → A."""
+@pytest.mark.parametrize(("start", "returned"), [("A", A), ("B", D), ("C", A), ("D", D)])
+def test_shelve_and_unshelve_re_evaluates(start: str, returned: State) -> None:
+    """From A/B/C/D shelving gives G; unshelving re-evaluates: active → B; returned → the
+    state under the shelving after a return (B → D, C → A: an unacknowledged alarm is
+    still to be acknowledged)."""
     a = One()
     setup = {"A": [LOW], "B": [HIGH], "C": [HIGH], "D": [HIGH, LOW]}[start]
     for v in setup:
@@ -125,10 +127,11 @@ def test_shelve_and_unshelve_re_evaluates(start: str) -> None:
     assert before.name[0] == {"A": "N", "B": "U", "C": "A", "D": "R"}[start]
     assert a.act("shelve", duration_s=60.0) == [(before, G, Cause.SHELVE)]
     assert a.tick(HIGH) == []  # shelved: the condition changes, nothing is annunciated
-    assert a.act("unshelve") == [(G, B, Cause.UNSHELVE)]
-    a.act("shelve", duration_s=60.0)
     a.tick(LOW)
-    assert a.act("unshelve") == [(G, A, Cause.UNSHELVE)]
+    assert a.act("unshelve") == [(G, returned, Cause.UNSHELVE)]
+    a.act("shelve", duration_s=60.0)
+    a.tick(HIGH)
+    assert a.act("unshelve") == [(G, B, Cause.UNSHELVE)]
 
 
 def test_shelve_expires_and_returns_to_evaluation() -> None:
@@ -174,7 +177,8 @@ def test_shelve_refusals() -> None:
 
 
 def test_out_of_service_and_return_re_evaluates() -> None:
-    """I from any state; in_service re-evaluates: still active → B, normal → A."""
+    """I from any state; in_service re-evaluates: still active → B, returned → A from an
+    acknowledged alarm, D from an unacknowledged one."""
     a = One()
     a.tick(HIGH)
     a.act("ack")
@@ -184,6 +188,9 @@ def test_out_of_service_and_return_re_evaluates() -> None:
     assert a.act("in_service") == [(I, B, Cause.IN_SERVICE)]
     a.act("out_of_service")
     a.tick(LOW)
+    assert a.act("in_service") == [(I, D, Cause.IN_SERVICE)]
+    a.act("ack")
+    a.act("out_of_service")
     assert a.act("in_service") == [(I, A, Cause.IN_SERVICE)]
     with pytest.raises(AlarmRefused, match="not_out_of_service"):
         a.act("in_service")
@@ -202,10 +209,49 @@ def test_suppression_by_design() -> None:
     assert a.tick(HIGH) == []
     a.suppress = False
     assert a.tick(HIGH) == [(H, B, Cause.UNSUPPRESS)]
+    a.act("ack")
     a.suppress = True
     a.tick(HIGH)
     a.suppress = False
     assert a.tick(LOW) == [(H, A, Cause.UNSUPPRESS)]
+
+
+@pytest.mark.parametrize("mask", ["shelve", "suppress", "out_of_service"])
+@pytest.mark.parametrize(
+    ("latch", "setup", "needs"),
+    [
+        (True, [HIGH, LOW], E),  # latched, returned: ack and reset
+        (True, [HIGH, "ack", LOW], F),  # latched, acknowledged: reset
+        (False, [HIGH, LOW], D),  # returned, unacknowledged: ack
+    ],
+)
+def test_lifting_a_mask_keeps_what_still_needs_an_ack_or_reset(
+    mask: str, latch: bool, setup: list[float | str], needs: State
+) -> None:
+    """A mask hides an alarm; it never acknowledges or resets one: E, F and D come back."""
+    a = One(latch=latch)
+    for step in setup:
+        if step == "ack":
+            a.act("ack")
+        else:
+            assert isinstance(step, float)
+            a.tick(step)
+    assert a.state == needs
+    if mask == "suppress":
+        a.suppress = True
+        a.tick(LOW)
+        a.suppress = False
+        lifted = a.tick(LOW)
+    else:
+        a.act(mask, **({"duration_s": 60.0} if mask == "shelve" else {}))
+        a.tick(LOW)
+        lifted = a.act("unshelve" if mask == "shelve" else "in_service")
+    assert [to for _, to, _ in lifted] == [needs]
+    if needs in (D, E):
+        a.act("ack")
+    if latch:
+        a.act("reset")
+    assert a.state == A
 
 
 def test_masks_have_an_order() -> None:

@@ -20,8 +20,10 @@ from controller.cleanroom.rooms import (
     check_sources,
     derive_rules,
     link_rules,
+    link_source_rules,
     room_levels,
     room_rules,
+    source_rules,
 )
 
 P05, P50 = ParticleSize.P05, ParticleSize.P50
@@ -289,16 +291,53 @@ def site(**over: Any) -> CleanroomConfig:
 
 
 def test_site_rules_are_rooms_then_links() -> None:
-    """A two-room site with two links: 2 x 5 particle rules and 2 x 2 ΔP rules, unique ids."""
+    """A two-room site with two links: 2 x (5 particle + 2 source) rules and 2 x (2 ΔP + 1
+    source) rules, unique ids."""
     rules = derive_rules(site())
     ids = [r.id for r in rules]
-    assert len(ids) == len(set(ids)) == 14
-    assert ids[-4:] == [
+    assert len(ids) == len(set(ids)) == 20
+    assert ids[5:7] == ["room.fill-1.p05.quality", "room.fill-1.p50.quality"]
+    assert ids[-6:] == [
         "dp.fill-1.airlock-1.action",
         "dp.fill-1.airlock-1.alert",
+        "dp.fill-1.airlock-1.quality",
         "dp.airlock-1.corridor.action",
         "dp.airlock-1.corridor.alert",
+        "dp.airlock-1.corridor.quality",
     ]
+
+
+@pytest.mark.parametrize(("grade", "priority"), [("A", "high"), ("B", "high"), ("C", "medium")])
+def test_every_particle_source_has_a_quality_rule(grade: str, priority: str) -> None:
+    """A failed or frozen counter blinds the limit rules (they hold on bad data): each
+    source tag gets its own quality rule, high where Annex 1 wants continuous monitoring."""
+    r = room(id="r", grade=grade, p05_tag="pc-1.conc_0_5um", p50_tag="pc-9.conc_5_0um")
+    rules = by_id(source_rules(r))
+    assert set(rules) == {"room.r.p05.quality", "room.r.p50.quality"}
+    p05, p50 = rules["room.r.p05.quality"], rules["room.r.p50.quality"]
+    assert (p05.source, p50.source) == ("pc-1.conc_0_5um", "pc-9.conc_5_0um")
+    for rule in (p05, p50):
+        assert (rule.kind, rule.limit, rule.unit, rule.priority) == (
+            "quality",
+            180.0,
+            "particles/m3",
+            priority,
+        )
+    assert source_rules(room(stale_after_s=300))[0].limit == 300
+
+
+def test_every_pressure_link_has_a_quality_rule() -> None:
+    """The ΔP transmitter's quality rule: high (it blinds the high action rule), 60 s."""
+    (rule,) = link_source_rules(link())
+    assert (rule.id, rule.source, rule.kind) == (
+        "dp.fill-1.airlock-1.quality",
+        "dp-1.dp",
+        "quality",
+    )
+    assert (rule.limit, rule.unit, rule.priority) == (60.0, "Pa", "high")
+    assert link_source_rules(link(stale_after_s=20))[0].limit == 20
+    with pytest.raises(ValidationError):
+        link(stale_after_s=0)
 
 
 def test_site_validation_names_links_and_rooms() -> None:
