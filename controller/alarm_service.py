@@ -408,6 +408,7 @@ SYSTEM_TAGS = (
     RoomTag("spool_buffered", "scans"),  # appended, not yet committed (disk failing?)
     RoomTag("sink_lag_max", "scans"),  # the furthest-behind sink
     RoomTag("stuck", "count"),  # components the watchdog sees overdue
+    RoomTag("spool_failing", "bool"),  # commits or reads of the spool fail (spool.failure)
     RoomTag("state_disk_free", "fraction"),  # of the state dir's file system (disk_free.py)
 )
 BUILT_IN = (
@@ -428,6 +429,15 @@ BUILT_IN = (
         limit=0.5,
         priority="critical",
         message="a poller, loop group or sink has stopped making progress (watchdog)",
+    ),
+    AlarmConfig(
+        id="cellfab.spool_failing",
+        tag=f"{SYSTEM}.spool_failing",
+        kind="high",
+        limit=0.5,
+        priority="critical",
+        message="the spool cannot write or read its file (disk full, I/O error, corrupt): "
+        "scans are held in memory and the sinks wait; at the memory limit scans are refused",
     ),
     AlarmConfig(
         id="cellfab.disk_free",

@@ -138,7 +138,11 @@ class SpoolSection(Frozen):
 
     budget_mb: float | None = Field(default=None, gt=0.0)
     budget_hours: float | None = Field(default=None, gt=0.0, description="default 24 h")
-    gmp_devices: tuple[str, ...] = Field(default=(), description="never dropped by the budget")
+    gmp_devices: tuple[str, ...] = Field(
+        default=(),
+        description="devices (with their loops `<id>.<loop>`) or rooms `room.<id>` whose "
+        "scans are never dropped by the budget",
+    )
     synchronous: Literal["NORMAL", "FULL"] = Field(
         default="NORMAL", description="FULL: every commit survives power loss too (slower)"
     )
@@ -207,10 +211,13 @@ class SiteConfig(Frozen):
 
     @model_validator(mode="after")
     def _gmp_devices_exist(self) -> SiteConfig:
-        ids = {dev.id for dev in self.devices}
+        """Devices, or any stream (a room's `room.<id>`); a device's loops come with it."""
+        ids = set(self.streams())
         unknown = [d for d in self.spool.gmp_devices if d not in ids]
         if unknown:
-            raise ValueError(f"spool.gmp_devices: no device {', '.join(map(repr, unknown))}")
+            raise ValueError(
+                f"spool.gmp_devices: no device or stream {', '.join(map(repr, unknown))}"
+            )
         return self
 
     @model_validator(mode="after")

@@ -17,7 +17,7 @@ from typing import Final, SupportsFloat
 
 from controller.config import SiteConfig
 from controller.spool_budget import Gap
-from controller.spool_events import Event
+from controller.spool_events import JSON, Event
 from drivers.sample import Quality, Sample, Scan
 
 _MEASUREMENT = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ "})
@@ -154,18 +154,24 @@ def gap_lines(site: str, gap: Gap) -> list[str]:
 
     Fields: `end_ns`, `duration_s` and `scans` (known missing scans, 0 when unknown); tags
     `cause` and `device`. The same series + timestamp on a retry overwrites, never doubles.
+    Never raises for its text: a line break in a cause (an HTTP error page quoted in an
+    outage reason) becomes a space, since a gap that cannot be written would stop the sink.
     """
     duration = format_float((gap.end_ns - gap.start_ns) / 1e9) or "0"
-    head = f"gap,site={escape_key(site)},cause={escape_key(gap.cause)}"
+    head = f"gap{_tags(site=site, cause=gap.cause)}"
     fields = f"end_ns={int(gap.end_ns)}i,duration_s={duration},scans={int(gap.scans)}i"
     return [
-        f"{head},device={escape_key(device)} {fields} {int(gap.start_ns)}"
+        f"{head}{_tags(device=device)} {fields} {int(gap.start_ns)}"
         for device in gap.devices or ("*",)
     ]
 
 
 EVENT_MEASUREMENTS = {"alarm": "alarm_events", "audit": "audit_events"}
 EVENT_TAGS = {"alarm": ("priority", "cause", "to"), "audit": ("action", "user")}
+EVENT_TEXT_FIELDS = {"audit": ("old", "new")}
+"""Fields whose value is a number in one record and text in another (a setpoint's old and
+new value, a config's hash): always written as text, plus `<key>_num` (a float) when the
+value is a number. InfluxDB refuses a field whose type changes (docs/influx.md)."""
 
 
 def event_line(site: str, event: Event) -> str:
@@ -173,34 +179,62 @@ def event_line(site: str, event: Event) -> str:
 
     Tags: site, `key` (the alarm id, the audit object …) and a few per kind (an alarm's
     priority, cause and new state); every other member of the body is a field: numbers
-    as floats, booleans as 0/1, text quoted, nested values as JSON text.
+    as floats, booleans as 0/1, text quoted, nested values as JSON text, and the members of
+    EVENT_TEXT_FIELDS as text always. Line breaks in any text become spaces: an event must
+    never be unwritable for its characters.
     """
     measurement = EVENT_MEASUREMENTS.get(event.kind, event.kind)
     tag_keys = EVENT_TAGS.get(event.kind, ())
-    head = f"{escape_measurement(measurement)},site={escape_key(site)},key={escape_key(event.key)}"
+    text_keys = EVENT_TEXT_FIELDS.get(event.kind, ())
+    head = escape_measurement(_one_line(measurement) or "event")
+    head += _tags(site=site, key=event.key)
     for key in tag_keys:
         value = event.body.get(key)
-        if isinstance(value, str) and value:
-            head += f",{escape_key(key)}={escape_key(value)}"
+        if isinstance(value, str):
+            head += _tags(**{key: value})
     fields = []
     for key, value in event.body.items():
-        if key in tag_keys or value is None:
-            continue
-        if isinstance(value, bool):
-            fields.append(f"{escape_key(key)}={int(value)}i")
-        elif isinstance(value, int | float):
-            number = format_float(float(value))
-            if number is not None:
-                fields.append(f"{escape_key(key)}={number}")
-        elif isinstance(value, str):
-            fields.append(f"{escape_key(key)}={quote_string(_one_line(value))}")
-        else:
-            text = json.dumps(value, separators=(",", ":"))
-            fields.append(f"{escape_key(key)}={quote_string(text)}")
+        name = escape_key(_one_line(key))
+        if key not in tag_keys and value is not None and name:
+            fields += _fields(name, value, text=key in text_keys)
     if not fields:
         fields.append("count=1i")
     return f"{head} {','.join(fields)} {int(event.t_ns)}"
 
 
+def _fields(name: str, value: JSON, *, text: bool) -> list[str]:
+    """The field(s) of one body member; `text`: written as text whatever its type, with its
+    number also as `<name>_num` (one type per field, whatever the record)."""
+    number = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = format_float(value)
+    if text:
+        out = [f"{name}={quote_string(_one_line(_text(value)))}"]
+        return [*out, f"{name}_num={number}"] if number is not None else out
+    if isinstance(value, bool):
+        return [f"{name}={int(value)}i"]
+    if isinstance(value, int | float):
+        return [f"{name}={number}"] if number is not None else []
+    if isinstance(value, str):
+        return [f"{name}={quote_string(_one_line(value))}"]
+    return [f"{name}={quote_string(_text(value))}"]
+
+
+def _tags(**tags: str) -> str:
+    """`,key=value` for each tag with a value left after line breaks became spaces (an
+    empty tag value cannot be written, so such a tag is left out)."""
+    out = ""
+    for key, value in tags.items():
+        text = _one_line(value)
+        if text:
+            out += f",{escape_key(key)}={escape_key(text)}"
+    return out
+
+
+def _text(value: object) -> str:
+    """A body value as text: a string as is, anything else as its JSON."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
 def _one_line(text: str) -> str:
-    return text.replace("\r", " ").replace("\n", " ")
+    return text.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")

@@ -75,6 +75,7 @@ async def record_self(
             float(sp.buffered),
             float(max(lags, default=0)),
             float(len(daemon.liveness.overdue())),
+            float(sp.failing),
         )
         counters = zip(SYSTEM_TAGS[:-1], values, strict=True)  # the last is the disk's
         samples = (

@@ -6,10 +6,12 @@ sink can see it: `append` only buffers, `commit` writes everything buffered in O
 transaction (one row per scan, see spool_codec), and cursors only ever see committed
 sequence numbers. Cursor positions are persisted in the same transactions (batched, not one
 fsync per ack), so after a crash every sink resumes where it last acked: delivery is
-at-least-once. Scans every cursor acked are deleted a chunk per commit; the disk budget and
-its drop policy live in spool_budget. Gaps and events (spool_events) are two more streams
-with their own per-cursor positions, written in the same transactions and never dropped by
-the budget. docs/spool.md has the guarantees and the numbers.
+at-least-once. Scans every configured sink acked are deleted a chunk per commit; a database
+error (full disk, I/O, a corrupt file) is rolled back and reported as `failing`, never
+raised into the flusher or a sink. The disk budget and its drop policy live in
+spool_budget. Gaps and events (spool_events) are two more streams with their own
+per-cursor positions, written in the same transactions and never dropped by the budget.
+docs/spool.md has the guarantees and the numbers.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from controller.spool_budget import (
     SpoolFull,
     delete_acked,
     drop_oldest,
+    is_gmp,
     mark_gmp,
     seq_edge,
 )
@@ -93,6 +96,7 @@ class Spool:
         self.path = path
         self._lock = _lock(path)
         self._gmp = frozenset(gmp_devices)
+        self._gmp_of: dict[str, bool] = {}  # stream -> GMP (a device's or one of its loops)
         self._max_buffered = max_buffered_scans
         self._cleanup_chunk = cleanup_chunk
         self.budget = Budget(budget_bytes, on_alarm)
@@ -113,7 +117,12 @@ class Spool:
         self._changed = asyncio.Event()
         self._dirty = asyncio.Event()
         self._closed = False
-        self._failing_since: float | None = None
+        self._failing_since: float | None = None  # commits fail
+        self._commit_error = ""
+        self._read_error: str | None = None  # reads for the sinks fail
+        self._measure_failing = False
+        self._orphans_checked: frozenset[str] = frozenset()
+        self._orphans_named: set[str] = set()
         self._db_open = True
         self._closing = asyncio.Event()
         self._checkpoint_failing = False
@@ -170,7 +179,12 @@ class Spool:
         self._db.execute("DELETE FROM cursors WHERE name = ?", (name,))
 
     def cursor_names(self) -> list[str]:
-        """Every persisted cursor, opened in this run or not (each one holds retention)."""
+        """Every persisted cursor, opened in this run or not.
+
+        Only the cursors opened in this run (the configured sinks) hold scans and events
+        back; with none opened, every stored one does (a tool reading the file deletes
+        nothing).
+        """
         return [n for (n,) in self._db.execute("SELECT name FROM cursors ORDER BY name")]
 
     def append(self, scan: Scan) -> int:
@@ -192,14 +206,16 @@ class Spool:
             raise SpoolFull(f"spool {self.path}: budget full of GMP-critical data")
         seq = self._next_seq
         self._next_seq += 1
-        keep = int(scan.device in self._gmp)
+        keep = self._gmp_of.get(scan.device)
+        if keep is None:
+            keep = self._gmp_of[scan.device] = is_gmp(scan.device, self._gmp)
         self._pending.append(
             (
                 seq,
                 scan.t_scan_ns,
                 scan.device,
                 self._layout_id(layout),
-                keep,
+                int(keep),
                 blob,
                 scan.batch,
                 scan.config,
@@ -211,9 +227,14 @@ class Spool:
         return seq
 
     def record_gap(self, gap: Gap) -> None:
-        """Record missing data; merged with a buffered gap of the same cause."""
+        """Record missing data; merged with a buffered gap it `joins` (same cause, same
+        devices, overlapping or touching spans), so a merge never claims more missing.
+
+        The cause is made one bounded line here: every gap reaches line protocol as a tag.
+        """
+        gap = gap.single_line()
         for i, old in enumerate(self._pending_gaps):
-            if old.cause == gap.cause:
+            if old.joins(gap):
                 self._pending_gaps[i] = old.merged(gap)
                 break
         else:
@@ -244,8 +265,17 @@ class Spool:
         return self._last_event
 
     def events_after(self, event_id: int, limit: int) -> list[tuple[int, Event]]:
-        """Up to `limit` committed events with an id above `event_id`, oldest first."""
-        return events_after(self._db, event_id, limit)
+        """Up to `limit` committed events with an id above `event_id`, oldest first.
+
+        [] when the file cannot be read (logged, `failing`): the sink retries later.
+        """
+        try:
+            out = events_after(self._db, event_id, limit)
+        except sqlite3.DatabaseError as exc:
+            self._read_failed("events", exc)
+            return []
+        self._read_ok()
+        return out
 
     def gaps(self, since_ns: int = 0) -> list[Gap]:
         """Committed gaps that end at or after `since_ns`, oldest first."""
@@ -270,13 +300,21 @@ class Spool:
         await self._changed.wait()
 
     def items_after(self, seq: int, limit: int) -> list[tuple[int, Scan]]:
-        """Up to `limit` committed scans above `seq`, oldest first (the cache, else disk)."""
+        """Up to `limit` committed scans above `seq`, oldest first (the cache, else disk).
+
+        [] when the file cannot be read (logged, `failing`): the sink retries later.
+        """
         if seq >= self._committed or limit <= 0:
             return []
         if self._cache and self._cache[0][0] <= seq + 1:
             start = seq + 1 - self._cache[0][0]
             return [self._cache[i] for i in range(start, min(len(self._cache), start + limit))]
-        rows = self._db.execute(READ, (seq, self._committed, limit)).fetchall()
+        try:
+            rows = self._db.execute(READ, (seq, self._committed, limit)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            self._read_failed("scans", exc)
+            return []
+        self._read_ok()
         out = []
         for s, d, t, lay, b, batch, config in rows:
             scan = decode(d, t, self._layouts[lay], b)
@@ -291,12 +329,20 @@ class Spool:
         return self._last_gap
 
     def gaps_after(self, gap_id: int, limit: int) -> list[tuple[int, Gap]]:
-        """Up to `limit` committed gaps with an id above `gap_id`, oldest first."""
-        rows = self._db.execute(
-            "SELECT id, start_ns, end_ns, cause, devices, scans FROM gaps WHERE id > ?"
-            " ORDER BY id LIMIT ?",
-            (gap_id, limit),
-        )
+        """Up to `limit` committed gaps with an id above `gap_id`, oldest first.
+
+        [] when the file cannot be read (logged, `failing`): the sink retries later.
+        """
+        try:
+            rows = self._db.execute(
+                "SELECT id, start_ns, end_ns, cause, devices, scans FROM gaps WHERE id > ?"
+                " ORDER BY id LIMIT ?",
+                (gap_id, limit),
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            self._read_failed("gaps", exc)
+            return []
+        self._read_ok()
         return [(r[0], Gap.from_row(r[1:])) for r in rows]
 
     def position_moved(self) -> None:
@@ -348,14 +394,23 @@ class Spool:
 
     @property
     def failing(self) -> bool:
-        """True while commits fail (disk full, I/O error); the scans stay buffered."""
-        return self._failing_since is not None
+        """True while commits or the sinks' reads fail (disk full, I/O error, a corrupt
+        file): scans stay buffered, sinks wait. What a built-in alarm should watch."""
+        return self.failure is not None
+
+    @property
+    def failure(self) -> str | None:
+        """Why the spool is `failing` (the latest error, for the alarm and health); None if not."""
+        if self._failing_since is not None:
+            return f"commit failed: {self._commit_error}"
+        return self._read_error
 
     def commit(self) -> int:
         """Write buffered scans, gaps, events and cursor positions in one transaction.
 
-        Returns the number of scans committed. A full disk or an I/O error is logged (on
-        the transition) and the data stay buffered for the next attempt.
+        Returns the number of scans committed. Any database error (a full disk, an I/O
+        error, a corrupt file) is rolled back and logged on the transition, the data stay
+        buffered for the next attempt and `failing` is set: it never reaches the caller.
         """
         dirty = [c for c in self._cursors.values() if c.dirty]
         pending = self._pending or self._pending_gaps or self._pending_events
@@ -363,9 +418,10 @@ class Spool:
             return 0
         if not self._db_open:
             raise RuntimeError(f"spool {self.path} is shut down")
+        self._warn_orphans()
         try:
             outcome = self._write(dirty)
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             self._rollback()
             self._commit_failed(exc)
             return 0
@@ -389,7 +445,8 @@ class Spool:
                     self.commit()
         finally:
             if self._db_open:
-                self._db.execute("PRAGMA wal_autocheckpoint = 1000")
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    self._db.execute("PRAGMA wal_autocheckpoint = 1000")
 
     async def _checkpoints(self, interval_s: float) -> None:
         done = self.commits
@@ -406,7 +463,7 @@ class Spool:
         """
         try:
             await asyncio.to_thread(self._checkpoint_in_thread)
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             self._checkpoint_failed(exc)
         else:
             self.checkpoints += 1
@@ -424,7 +481,7 @@ class Spool:
             log.error(
                 "spool %s: %d scans could not be written at shutdown", self.path, self.buffered
             )
-        with contextlib.suppress(sqlite3.OperationalError):
+        with contextlib.suppress(sqlite3.DatabaseError):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         with self._checkpoint_lock:  # a cancelled run() may have left one in its thread
             self._db_open = False
@@ -507,8 +564,9 @@ class Spool:
         if self._pending_events:
             meta.append(("last_event_id", self._pending_events[-1][0]))
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
-        retired, retired_upto, more = delete_acked(db, self._cleanup_chunk)
-        delete_acked_events(db)
+        sinks = list(self._cursors) or None  # the configured sinks hold data back (docs)
+        retired, retired_upto, more = delete_acked(db, self._cleanup_chunk, sinks)
+        delete_acked_events(db, sinks)
         (gap_id,) = db.execute("SELECT coalesce(max(id), 0) FROM gaps").fetchone()
         db.execute("COMMIT")
         return _Outcome(int(gap_id), dropped + retired, gap, retired_upto, more)
@@ -544,8 +602,9 @@ class Spool:
             self._pending_events = []
         self._pending_outages = {}
         self._new_layouts = []
+        self.budget.used += self.budget.pending  # until measured: what was just written
         self.budget.pending = 0
-        self.budget.measure(self._db)
+        self._measure()
         for c in dirty:
             c.dirty = False
         self._last_gap = outcome.gap_id
@@ -563,13 +622,26 @@ class Spool:
         self._wake()
         return count
 
+    def _measure(self) -> None:
+        """Re-read the file's size after a commit; a failure keeps the estimate (logged on
+        the transition): the commit happened, and its in-memory bookkeeping is complete."""
+        try:
+            self.budget.measure(self._db)
+        except sqlite3.DatabaseError as exc:
+            if not self._measure_failing:
+                log.error("spool %s: cannot measure the file (%s)", self.path, exc)  # noqa: TRY400
+            self._measure_failing = True
+        else:
+            self._measure_failing = False
+
     def _rollback(self) -> None:
         if self._db.in_transaction:
-            with contextlib.suppress(sqlite3.OperationalError):
+            with contextlib.suppress(sqlite3.DatabaseError):
                 self._db.execute("ROLLBACK")
 
-    def _commit_failed(self, exc: sqlite3.OperationalError) -> None:
+    def _commit_failed(self, exc: sqlite3.DatabaseError) -> None:
         self._cache.clear()  # a failed budget drop may have changed nothing: disk is the truth
+        self._commit_error = str(exc)
         if self._failing_since is None:
             self._failing_since = time.monotonic()
             log.error(
@@ -592,7 +664,44 @@ class Spool:
                 self._checkpointer.execute("PRAGMA synchronous = NORMAL")
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def _checkpoint_failed(self, exc: sqlite3.OperationalError) -> None:
+    def _read_failed(self, what: str, exc: sqlite3.DatabaseError) -> None:
+        """A sink's read failed: say so once, flag `failing`, and give it nothing for now."""
+        if self._read_error is None:
+            log.error(
+                "spool %s: reading %s for the sinks failed (%s); they wait and retry",
+                self.path,
+                what,
+                exc,
+            )
+        self._read_error = f"read of {what} failed: {exc}"
+
+    def _read_ok(self) -> None:
+        if self._read_error is not None:
+            log.info("spool %s: reads succeed again", self.path)
+            self._read_error = None
+
+    def _warn_orphans(self) -> None:
+        """Name, once, the stored cursors of sinks this run does not configure: they no
+        longer hold data back, and are kept so that adding the sink again resumes there."""
+        opened = frozenset(self._cursors)
+        if not opened or opened == self._orphans_checked:
+            return
+        self._orphans_checked = opened
+        try:
+            stored = self.cursor_names()
+        except sqlite3.DatabaseError:
+            return
+        orphans = [n for n in stored if n not in opened and n not in self._orphans_named]
+        if orphans:
+            self._orphans_named.update(orphans)
+            log.warning(
+                "spool %s: stored cursors of sinks that are not configured: %s; they no longer "
+                "hold data back (kept: a sink added again resumes there)",
+                self.path,
+                ", ".join(orphans),
+            )
+
+    def _checkpoint_failed(self, exc: sqlite3.DatabaseError) -> None:
         if not self._checkpoint_failing:
             log.error("spool %s: checkpoint failed (%s); retried", self.path, exc)
         self._checkpoint_failing = True

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Literal, NamedTuple
 
 ROW_OVERHEAD = 48  # bytes per scan row beyond its blob: key, columns, cell header, index entry
@@ -25,6 +25,14 @@ ALARM_ON = 0.8
 DROP_HEADROOM = 0.05  # a drop frees 5 % more than needed: one gap per episode, not per commit
 ALARM_OFF = 0.75  # hysteresis: a spool hovering at 80 % raises one alarm, not one per commit
 BUDGET_CAUSE = "spool budget"
+CAUSE_MAX = 200  # characters of a gap's cause: a reason is a line, not an HTML error page
+
+
+def one_line(text: str, limit: int = CAUSE_MAX) -> str:
+    """`text` on one line (every run of whitespace, line breaks included, becomes one space)
+    and at most `limit` characters: a line break in a cause cannot be written as a tag."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 class SpoolFull(Exception):
@@ -40,8 +48,23 @@ class Gap(NamedTuple):
     devices: tuple[str, ...]
     scans: int = 0  # scans known to be missing (0 when unknown, e.g. daemon down)
 
+    def single_line(self) -> Gap:
+        """This gap with its cause on one bounded line (see `one_line`)."""
+        cause = one_line(self.cause)
+        return self if cause == self.cause else self._replace(cause=cause)
+
+    def joins(self, other: Gap) -> bool:
+        """Whether one gap can stand for both without claiming data missing that were not:
+        the same cause, the same devices, and spans that overlap or touch."""
+        return (
+            self.cause == other.cause
+            and sorted(self.devices) == sorted(other.devices)
+            and self.start_ns <= other.end_ns
+            and other.start_ns <= self.end_ns
+        )
+
     def merged(self, other: Gap) -> Gap:
-        """One gap covering both (same cause)."""
+        """One gap covering both (they `join`)."""
         return Gap(
             min(self.start_ns, other.start_ns),
             max(self.end_ns, other.end_ns),
@@ -102,7 +125,11 @@ class Budget:
         return int(self.limit * DROP_HEADROOM)
 
     def measure(self, db: sqlite3.Connection) -> None:
-        """Re-read the page counts after a commit and raise or clear the alarm."""
+        """Re-read the page counts after a commit and raise or clear the alarm.
+
+        All three are read before anything changes: a read that fails (sqlite3.Error) leaves
+        the budget as it was, never half updated.
+        """
         (pages,) = db.execute("PRAGMA page_count").fetchone()
         (free,) = db.execute("PRAGMA freelist_count").fetchone()
         (size,) = db.execute("PRAGMA page_size").fetchone()
@@ -156,14 +183,22 @@ def drop_oldest(db: sqlite3.Connection, need: int, chunk: int = 512) -> tuple[in
     return freed, gap
 
 
-def delete_acked(db: sqlite3.Connection, chunk: int) -> tuple[int, int, bool]:
-    """Delete up to `chunk` scans every cursor acked: non-GMP bytes freed, up to which seq,
-    and whether more are left.
+def delete_acked(
+    db: sqlite3.Connection, chunk: int, sinks: Collection[str] | None = None
+) -> tuple[int, int, bool]:
+    """Delete up to `chunk` scans every cursor of `sinks` acked: non-GMP bytes freed, up to
+    which seq, and whether more are left.
 
-    Retention is "until every cursor has it"; a chunk per commit keeps a long backlog's
-    cleanup from stalling a tick. With no cursor at all the spool is the store.
+    Retention is "until every configured sink has it" (`sinks`: their cursor names; None:
+    every stored cursor). A cursor of a sink removed from the config must not hold GMP scans
+    until the budget refuses live ones. A chunk per commit keeps a long backlog's cleanup
+    from stalling a tick. With no cursor at all the spool is the store.
     """
-    (low,) = db.execute("SELECT min(acked) FROM cursors").fetchone()
+    (low,) = db.execute(
+        "SELECT min(acked) FROM cursors"
+        " WHERE ? IS NULL OR name IN (SELECT value FROM json_each(?))",
+        _names(sinks),
+    ).fetchone()
     if low is None:
         return 0, 0, False
     first = seq_edge(db, "min")
@@ -179,20 +214,36 @@ def delete_acked(db: sqlite3.Connection, chunk: int) -> tuple[int, int, bool]:
     return int(freed), upto, upto < low
 
 
+def _names(sinks: Collection[str] | None) -> tuple[str | None, str | None]:
+    """The two parameters of a "every cursor, or only these" filter."""
+    names = None if sinks is None else json.dumps(sorted(sinks))
+    return names, names
+
+
+def is_gmp(stream: str, gmp: Collection[str]) -> bool:
+    """A GMP device's stream, or a stream of one (`br-1.temp`, a loop of `br-1`)."""
+    return stream in gmp or any(stream.startswith(f"{name}.") for name in gmp)
+
+
+# A stream named in the GMP set, or `<name>.<anything>`: the SQL twin of `is_gmp`.
+_GMP_SQL = (
+    "EXISTS (SELECT 1 FROM json_each(?) WHERE device = value"
+    " OR substr(device, 1, length(value) + 1) = value || '.')"
+)
+
+
 def mark_gmp(db: sqlite3.Connection, gmp: frozenset[str]) -> int:
     """Apply today's GMP set to the scans held (the config may have changed); droppable bytes."""
     names = json.dumps(sorted(gmp))
     db.execute("BEGIN IMMEDIATE")
     moves = (  # (copy, delete) per direction; table names are constants, not input
         (
-            "INSERT INTO scans_other SELECT * FROM scans_gmp WHERE device NOT IN (SELECT value"
-            " FROM json_each(?))",
-            "DELETE FROM scans_gmp WHERE device NOT IN (SELECT value FROM json_each(?))",
+            f"INSERT INTO scans_other SELECT * FROM scans_gmp WHERE NOT {_GMP_SQL}",  # noqa: S608
+            f"DELETE FROM scans_gmp WHERE NOT {_GMP_SQL}",  # noqa: S608
         ),
         (
-            "INSERT INTO scans_gmp SELECT * FROM scans_other WHERE device IN (SELECT value"
-            " FROM json_each(?))",
-            "DELETE FROM scans_other WHERE device IN (SELECT value FROM json_each(?))",
+            f"INSERT INTO scans_gmp SELECT * FROM scans_other WHERE {_GMP_SQL}",  # noqa: S608
+            f"DELETE FROM scans_other WHERE {_GMP_SQL}",  # noqa: S608
         ),
     )
     for copy, delete in moves:

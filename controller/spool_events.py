@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Collection
 from typing import NamedTuple, TypeAlias
 
 JSON: TypeAlias = "str | int | float | bool | list[JSON] | dict[str, JSON] | None"
@@ -48,9 +49,15 @@ def events_after(db: sqlite3.Connection, event_id: int, limit: int) -> list[tupl
     return [(r[0], Event.from_row(r[1:])) for r in db.execute(EVENTS_AFTER, (event_id, limit))]
 
 
-def delete_acked_events(db: sqlite3.Connection) -> None:
-    """Delete the events every cursor acked (none without a cursor: the spool is the store)."""
-    db.execute("DELETE FROM events WHERE id <= (SELECT min(event_acked) FROM cursors)")
+def delete_acked_events(db: sqlite3.Connection, sinks: Collection[str] | None = None) -> None:
+    """Delete the events every cursor of `sinks` acked (None: every stored cursor; none
+    without a cursor: the spool is the store)."""
+    names = None if sinks is None else json.dumps(sorted(sinks))
+    db.execute(
+        "DELETE FROM events WHERE id <= (SELECT min(event_acked) FROM cursors"
+        " WHERE ? IS NULL OR name IN (SELECT value FROM json_each(?)))",
+        (names, names),
+    )
 
 
 def last_event_id(db: sqlite3.Connection) -> int:

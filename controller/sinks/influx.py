@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import aiohttp
 from influxdb_client.client.exceptions import InfluxDBError
@@ -29,7 +31,7 @@ from controller.lineproto import LineFormatter, event_line, gap_lines
 from controller.redact import redact
 from controller.sinks.drain import DrainDeadline
 from controller.sinks.outage import Outage, OutageMemory
-from controller.spool_budget import Gap
+from controller.spool_budget import Gap, one_line
 from controller.stream import StreamCursor as Cursor
 from controller.watchdog import Heart, Liveness
 from drivers.backoff import Backoff
@@ -40,6 +42,10 @@ log = logging.getLogger(__name__)
 
 BAD_DATA = frozenset({400, 422})  # the server read the lines and refused them
 TOO_LARGE = 413
+MESSAGE_MAX = 300  # characters of a server's message kept for logs, health and gap causes
+_HTML_TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_HTML_TAG = re.compile(r"<[^>]*>")
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -52,6 +58,8 @@ class InfluxStats:
     failures: int = 0
     rejected_batches: int = 0
     rejected_lines: int = 0
+    rejected_gaps: int = 0  # gap records given up (refused or unformattable), logged at ERROR
+    rejected_events: int = 0  # events given up likewise
     last_error: str | None = None
 
 
@@ -115,6 +123,9 @@ class InfluxSink:
                 self._heart.idle()  # waiting for scans is not hanging
                 if not await self._cursor.wait():
                     break
+                if self._drain.expired():  # gaps or events alone can keep us here as well
+                    self._give_up()
+                    return
                 self._heart.busy(self._cfg.flush_interval_s + self._cfg.timeout_s * 2 + 30.0)
                 await self._coalesce()
                 if self._cursor.gap_lag:
@@ -127,14 +138,19 @@ class InfluxSink:
                 if backlog:  # after an outage: the newest scans first, then the next old batch
                     await self._deliver_live(api)
                 if self._drain.expired() or not await self._deliver(api):
-                    log.error(
-                        "InfluxDB: giving up at shutdown: %d scans not written to %s",
-                        self.lag,
-                        self._where,
-                    )
+                    self._give_up()
                     return
                 if backlog:  # drain at a bounded rate: live data keep their place
                     await self._drain.pause(self._limit / self._cfg.backlog_max_lines_per_s)
+
+    def _give_up(self) -> None:
+        log.error(
+            "InfluxDB: giving up at shutdown: %d scans, %d gaps and %d events not written to %s",
+            self.lag,
+            self._cursor.gap_lag,
+            self._cursor.event_lag,
+            self._where,
+        )
 
     async def _deliver_live(self, api: WriteApiAsync) -> None:
         """During a backlog, write the scans newer than any written so far, without acking.
@@ -148,7 +164,7 @@ class InfluxSink:
         live = self._cursor.peek_after(start, self._limit)
         if not live:
             return
-        lines = self._formatter.lines(scan for _, scan in live)
+        lines = self._scan_lines(live, live=True)
         try:
             if lines:
                 await self._post(api, "\n".join(lines))
@@ -158,28 +174,106 @@ class InfluxSink:
         self.stats.live_lines_written += len(lines)
 
     async def _deliver_events(self, api: WriteApiAsync) -> None:
-        """Events (alarm transitions, audit records) as lines; on failure, next round."""
+        """Events (alarm transitions, audit records) as lines; see `_deliver_records`."""
         events = self._cursor.peek_events(100)
-        lines = [event_line(self._site, ev) for _, ev in events]
-        try:
-            await self._post(api, "\n".join(lines))
-        except (InfluxDBError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            wait = self._failed(f"events: {exc}", int(getattr(exc, "status", 0) or 0), None)
-            await self._drain.pause(wait)
-            return
-        self._cursor.ack_event(events[-1][0])
+        records = self._format("event", events, lambda ev: [event_line(self._site, ev)])
+        await self._deliver_records(api, "event", records, self._cursor.ack_event)
 
     async def _deliver_gaps(self, api: WriteApiAsync) -> None:
-        """Recorded gaps as `gap` lines; on failure they wait for the next round."""
+        """Recorded gaps as `gap` lines; see `_deliver_records`."""
         gaps = self._cursor.peek_gaps(100)
-        lines = [line for _, gap in gaps for line in gap_lines(self._site, gap)]
-        try:
-            await self._post(api, "\n".join(lines))
-        except (InfluxDBError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            wait = self._failed(f"gap records: {exc}", int(getattr(exc, "status", 0) or 0), None)
-            await self._drain.pause(wait)
+        records = self._format("gap", gaps, lambda gap: gap_lines(self._site, gap))
+        await self._deliver_records(api, "gap", records, self._cursor.ack_gap)
+
+    def _format(
+        self, what: str, items: list[tuple[int, _T]], lines: Callable[[_T], list[str]]
+    ) -> list[tuple[int, list[str]]]:
+        """Each record's lines; one that cannot be formatted is set aside (logged, counted)
+        with no lines, so it is acked in its turn: a formatting error never stops the sink."""
+        out = []
+        for key, item in items:
+            try:
+                out.append((key, lines(item)))
+            except Exception as exc:  # any: one record must not stop the sink for good
+                self._set_aside(what, key, f"cannot be formatted ({exc})", repr(item))
+                out.append((key, []))
+        return out
+
+    async def _deliver_records(
+        self,
+        api: WriteApiAsync,
+        what: str,
+        records: list[tuple[int, list[str]]],
+        ack: Callable[[int], None],
+    ) -> None:
+        """Write gaps or events as scans are written: acked as they land, retried after a
+        transient failure (next round), and bisected when the server refuses them (400/422,
+        413) until the refused record stands alone and is set aside. A refusal is bad data,
+        not an outage: retrying it would loop for ever and record a false outage each time.
+        """
+        if not records:  # pending, but the spool could not read them (it says why)
+            await self._nothing_read()
             return
-        self._cursor.ack_gap(gaps[-1][0])
+        todo = [records]
+        while todo:
+            chunk = todo.pop()
+            lines = [line for _, record in chunk for line in record]
+            try:
+                if lines:
+                    await self._post(api, "\n".join(lines))
+            except InfluxDBError as exc:
+                status = int(getattr(exc, "status", 0) or 0)
+                reason = f"HTTP {status}: {_message(exc)}"
+                if status not in BAD_DATA and status != TOO_LARGE:
+                    await self._retry_later(f"{what}s: {reason}", status, exc.retry_after)
+                    return
+                if len(chunk) > 1:
+                    half = len(chunk) // 2
+                    todo += [chunk[half:], chunk[:half]]  # the older half first
+                    continue
+                self._set_aside(what, chunk[0][0], f"refused ({reason})", "\n".join(lines))
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                await self._retry_later(f"{what}s: {_error(exc)}", 0, None)
+                return
+            ack(chunk[-1][0])
+
+    def _set_aside(self, what: str, key: int, why: str, text: str) -> None:
+        """Give up one record for good: logged at ERROR with its text, and counted."""
+        log.error("InfluxDB: %s %d given up, %s: %.2000s", what, key, why, text)
+        self.stats.last_error = one_line(f"{what} {key} given up, {why}")
+        if what == "gap":
+            self.stats.rejected_gaps += 1
+        elif what == "event":
+            self.stats.rejected_events += 1
+        else:
+            self.stats.rejected_lines += 1
+
+    async def _retry_later(self, reason: str, status: int, retry_after: str | None) -> None:
+        wait = self._failed(reason, status, retry_after)
+        self._heart.busy(wait + self._cfg.timeout_s * 2 + 30.0)
+        await self._drain.pause(wait)
+
+    async def _nothing_read(self) -> bool:
+        """Something is pending but the spool gave nothing (it could not read its file, and
+        logs why): wait as after a failure, then retry. False once the drain deadline passed."""
+        wait = self._backoff.failed()
+        self._heart.busy(wait + 30.0)
+        return await self._drain.pause(wait)
+
+    def _scan_lines(self, batch: list[tuple[int, Scan]], *, live: bool = False) -> list[str]:
+        """The lines of `batch`; a scan that cannot be formatted is set aside (logged and
+        counted once, by the backlog pass, not `live`) instead of stopping the sink."""
+        out = []
+        for seq, scan in batch:
+            try:
+                line = self._formatter.line(scan)
+            except Exception as exc:  # any: one scan must not stop the sink for good
+                if not live:
+                    self._set_aside("scan", seq, f"cannot be formatted ({exc})", repr(scan))
+                continue
+            if line is not None:
+                out.append(line)
+        return out
 
     async def _coalesce(self) -> None:
         """Let a batch fill for up to `flush_interval_s`, unless it is full or we are closing."""
@@ -193,7 +287,9 @@ class InfluxSink:
     async def _deliver(self, api: WriteApiAsync) -> bool:
         """Write the pending batch until accepted or refused; False at the drain deadline."""
         batch = self._cursor.peek(self._limit)
-        lines = self._formatter.lines(scan for _, scan in batch)
+        if not batch:  # pending, but the spool could not read it (it says why)
+            return await self._nothing_read()
+        lines = self._scan_lines(batch)
         while True:
             try:
                 if lines:
@@ -205,7 +301,7 @@ class InfluxSink:
                     return True
                 wait = self._failed(f"HTTP {status}: {_message(exc)}", status, exc.retry_after)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                wait = self._failed(str(exc) or type(exc).__name__, 0, None)
+                wait = self._failed(_error(exc), 0, None)
             else:
                 self._written(batch, len(lines))
                 return True
@@ -233,6 +329,7 @@ class InfluxSink:
 
     def _failed(self, reason: str, status: int, retry_after: str | None) -> float:
         """Count a retryable failure, log it on transition; returns the wait before retrying."""
+        reason = one_line(reason)
         self.stats.failures += 1
         self.stats.last_error = reason
         self._outage.failed(reason)
@@ -279,8 +376,21 @@ class InfluxSink:
 
 
 def _message(exc: InfluxDBError) -> str:
-    """The server's own words: the JSON `message`, else the raw body, else the reason."""
+    """The server's own words on one bounded line: the JSON `message`, else the body (an
+    HTML error page, e.g. a proxy's 502, by its title), else the HTTP reason. It goes into
+    logs, health and gap causes, where a line break cannot be written."""
     msg: object = exc.message
     if isinstance(msg, bytes):
         msg = msg.decode("utf-8", errors="replace")
-    return str(msg).strip()
+    text = str(msg)
+    title = _HTML_TITLE.search(text)
+    if title is not None:
+        text = title.group(1)
+    elif text.lstrip().startswith("<"):
+        text = _HTML_TAG.sub(" ", text)
+    return one_line(text, MESSAGE_MAX)
+
+
+def _error(exc: BaseException) -> str:
+    """A connection error's text on one bounded line (its class when it has none)."""
+    return one_line(str(exc) or type(exc).__name__, MESSAGE_MAX)

@@ -16,14 +16,17 @@ import math
 import random
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from controller.cancel import cancel_and_wait
 from controller.command_service import CommandService
@@ -31,7 +34,7 @@ from controller.config import SiteConfig
 from controller.lineproto import unconfigured
 from controller.sinks.drain import DrainDeadline
 from controller.sinks.outage import Outage, OutageMemory
-from controller.spool_budget import Gap
+from controller.spool_budget import Gap, one_line
 from controller.stream import StreamCursor as Cursor
 from controller.watchdog import Heart, Liveness
 from drivers.backoff import Backoff
@@ -44,6 +47,54 @@ QUALITY_NAMES = {Quality.GOOD: "good", Quality.UNCERTAIN: "uncertain", Quality.B
 # Telemetry is small and every QoS 1 publish waits for its PUBACK: Nagle's algorithm would
 # hold a packet back until the previous one is acked, adding up to a delayed-ACK (40 ms).
 NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+
+
+_T = TypeVar("_T")
+
+
+class PublishRefused(aiomqtt.MqttCodeError):
+    """The broker answered a publish with a failure reason code (an MQTT 5 PUBACK of 0x80 or
+    more: not authorized, quota exceeded, …): it did not take the message."""
+
+    def __str__(self) -> str:
+        code = self.rc.value if isinstance(self.rc, ReasonCode) else self.rc
+        return f"publish refused by the broker: {self.rc} (reason code {code})"
+
+
+class RefusalAwareClient(aiomqtt.Client):
+    """aiomqtt's client, except that a publish the broker refuses raises PublishRefused.
+
+    aiomqtt 2.5 completes a publish on any PUBACK and drops its reason code, so a refusal
+    (an ACL's "not authorized", "quota exceeded") looked like delivery: the cursor moved and
+    the spool deleted the scans. paho hands the code to `_on_publish` with the message id,
+    and `publish` waits for that id's PUBACK inside `_pending_call`, where we raise.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refused: dict[int, ReasonCode] = {}
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        if reason_code.is_failure and mid in self._pending_publishes:
+            self._refused[mid] = reason_code
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    @contextlib.contextmanager
+    def _pending_call(self, mid: int, value: _T, pending_dict: dict[int, _T]) -> Iterator[None]:
+        try:
+            with super()._pending_call(mid, value, pending_dict):
+                yield
+        finally:
+            refused = self._refused.pop(mid, None)  # never left for a later use of the id
+        if refused is not None:
+            raise PublishRefused(refused)
 
 
 def iso_utc(t_ns: int) -> str:
@@ -144,6 +195,7 @@ class MqttStats:
     telemetry_published: int = 0
     events_published: int = 0
     status_published: int = 0
+    publishes_refused: int = 0  # sessions ended by a refused data publish (data kept)
     last_error: str | None = None
 
 
@@ -186,6 +238,9 @@ class MqttSink:
         self._where = f"{self._endpoint.host}:{self._endpoint.port}"
         self._link = TransitionLog(log, "MQTT broker")
         self._tls: ssl.SSLContext | None = None
+        self._refusing = False  # the open outage is the broker refusing our data
+        self._refused_topics: set[str] = set()  # status, states, replies: logged once each
+        self._read_backoff = Backoff(cfg.mqtt.reconnect_min_s, cfg.mqtt.reconnect_max_s, rng)
         self.stats = MqttStats()
 
     @property
@@ -215,7 +270,7 @@ class MqttSink:
             self._states_changed.clear()
             for topic, payload in list(self._states.items()):
                 if sent.get(topic) is not payload:
-                    await client.publish(topic, payload, qos=1, retain=True, timeout=timeout_s)
+                    await self._publish_aside(client, topic, payload, timeout_s, retain=True)
                     sent[topic] = payload
             await self._states_changed.wait()
 
@@ -249,7 +304,7 @@ class MqttSink:
         """A fresh client for one connection: nothing queued in an old one can resurface."""
         mq = self._cfg.mqtt
         lost = status_payload("lost", self._cfg.site.id, self._version)
-        client = aiomqtt.Client(
+        client = RefusalAwareClient(
             self._endpoint.host,
             self._endpoint.port,
             username=self._endpoint.username,
@@ -315,7 +370,7 @@ class MqttSink:
             if not isinstance(payload, bytes):
                 payload = b"" if payload is None else str(payload).encode()
             for out in await commands.handle(str(message.topic), payload):
-                await client.publish(out.topic, out.payload, qos=1, timeout=timeout_s)
+                await self._publish_aside(client, out.topic, out.payload, timeout_s)
 
     async def _forward(self, client: aiomqtt.Client) -> bool:
         """Publish pending scans a window at a time; False if the drain deadline passed."""
@@ -341,12 +396,15 @@ class MqttSink:
                     self._live_seq = live[-1][0]
                     self._live_sent.update(seq for seq, _ in live)
             batch = self._cursor.peek(self._window)
-            if not batch:  # woken for gaps or events only
+            if not batch:  # woken for gaps or events only, or the spool could not read
+                if self._cursor.lag:
+                    await self._nothing_read()
                 continue
             fresh = [(seq, scan) for seq, scan in batch if seq not in self._live_sent]
             self._live_sent.difference_update(seq for seq, _ in batch)
             await self._publish(client, fresh, qos, timeout_s)
             self._cursor.ack(batch[-1][0])  # every publish of the window got its PUBACK
+            self._delivered()
             if backlog:  # drain at a bounded rate: live data keep their place
                 await self._drain.pause(len(batch) / self._cfg.mqtt.backlog_max_msgs_per_s)
         return True
@@ -372,17 +430,24 @@ class MqttSink:
         """Events on `<prefix>/events/<kind>` (QoS 1), acked after their PUBACKs, in order."""
         timeout_s = self._cfg.mqtt.publish_timeout_s
         events = self._cursor.peek_events(100)
+        if not events:  # pending, but the spool could not read them (it says why)
+            await self._nothing_read()
+            return
         for _, ev in events:
             body = {"ts": iso_utc(ev.t_ns), "key": ev.key, **ev.body}
             topic = f"{self._prefix}/events/{ev.kind}"
             await client.publish(topic, _dumps(body), qos=1, timeout=timeout_s)
         self.stats.events_published += len(events)
         self._cursor.ack_event(events[-1][0])
+        self._delivered()
 
     async def _publish_gaps(self, client: aiomqtt.Client) -> None:
         """Recorded gaps on `<prefix>/events/gap` (QoS 1), acked after their PUBACKs."""
         timeout_s = self._cfg.mqtt.publish_timeout_s
         gaps = self._cursor.peek_gaps(100)
+        if not gaps:  # pending, but the spool could not read them (it says why)
+            await self._nothing_read()
+            return
         for _, gap in gaps:
             body = {
                 "start": iso_utc(gap.start_ns),
@@ -396,6 +461,45 @@ class MqttSink:
                 f"{self._prefix}/events/gap", _dumps(body), qos=1, timeout=timeout_s
             )
         self._cursor.ack_gap(gaps[-1][0])
+        self._delivered()
+
+    def _delivered(self) -> None:
+        """The broker took data: an outage of refusals ends here (not at the connect)."""
+        self._read_backoff.succeeded()
+        if self._refusing:
+            self._refusing = False
+            self._outage.delivered()
+            self._backoff.succeeded()
+            self._link.ok(self._where)
+
+    async def _nothing_read(self) -> None:
+        """Something is pending but the spool gave nothing (it could not read its file, and
+        logs why): wait, then retry; the session stays up."""
+        wait = self._read_backoff.failed()
+        self._heart.busy(wait + 30.0)
+        await self._drain.pause(wait)
+
+    async def _publish_aside(
+        self,
+        client: aiomqtt.Client,
+        topic: str,
+        payload: bytes,
+        timeout_s: float,
+        *,
+        retain: bool = False,
+    ) -> bool:
+        """A QoS 1 publish that is not data (status, retained state, command reply): a
+        refusal is logged once per topic and does not end the session, which would hold
+        every scan back for a topic no consumer of the data needs."""
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain, timeout=timeout_s)
+        except PublishRefused as exc:
+            if topic not in self._refused_topics:
+                self._refused_topics.add(topic)
+                log.error("MQTT: %s on %s; data publishing goes on", exc, topic)  # noqa: TRY400
+            return False
+        self._refused_topics.discard(topic)
+        return True
 
     def _payload(self, seq: int, scan: Scan) -> bytes:
         meta = self._devices.get(scan.device)
@@ -408,13 +512,15 @@ class MqttSink:
     ) -> None:
         payload = status_payload(state, self._cfg.site.id, self._version)
         timeout = timeout_s or self._cfg.mqtt.publish_timeout_s
-        await client.publish(self._status_topic, payload, qos=1, retain=True, timeout=timeout)
-        self.stats.status_published += 1
+        if await self._publish_aside(client, self._status_topic, payload, timeout, retain=True):
+            self.stats.status_published += 1
 
     def _connected(self) -> None:
-        self._outage.delivered()
         self.stats.connected = True
         self.stats.connects += 1
+        if self._refusing:  # reachable, but its refusals end only when it takes data
+            return  # so the outage, the backoff and the failure state go on
+        self._outage.delivered()
         self._backoff.succeeded()
         if not self._link.failing(self._where):
             log.info("MQTT: connected to %s (status on %s)", self._where, self._status_topic)
@@ -422,8 +528,18 @@ class MqttSink:
 
     def _session_failed(self, group: BaseExceptionGroup[aiomqtt.MqttError]) -> None:
         first = _first_leaf(group)
-        reason = str(first) or type(first).__name__
-        if self.stats.connected:
+        reason = one_line(str(first) or type(first).__name__)
+        if isinstance(first, PublishRefused):  # the data stay in the spool, not acked
+            if not self._refusing:
+                log.error(
+                    "MQTT: broker %s refuses our data (%s): nothing is acked, the spool keeps "
+                    "it and it is sent again after a reconnect",
+                    self._where,
+                    reason,
+                )
+            self._refusing = True
+            self.stats.publishes_refused += 1
+        elif self.stats.connected:
             self.stats.connection_losses += 1
             reason = f"connection lost: {reason}"
         else:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from controller.spool_budget import Gap
+from controller.spool_budget import Gap, one_line
 from controller.spool_outages import OpenOutage
 from drivers.sample import utc_now_ns
 
@@ -52,7 +52,7 @@ class Outage:
         self.reported = 0
         span = memory.open_outage(self._key) if memory is not None else None
         if span is not None:
-            self._since_ns, self._reason = span.since_ns, span.reason
+            self._since_ns, self._reason = span.since_ns, one_line(span.reason)
             log.warning("%s: outage open since before the restart (%s)", name, span.reason)
 
     def follow(self, devices: tuple[str, ...]) -> None:
@@ -64,12 +64,16 @@ class Outage:
             self._devices = (*self._devices, *(d for d in devices if d not in self._devices))
 
     def failed(self, reason: str) -> None:
-        """The far side refused or could not be reached (the first failure opens the span)."""
+        """The far side refused or could not be reached (the first failure opens the span).
+
+        The reason is kept as one bounded line: an HTTP error page (a proxy's 502) or a
+        library's multi-line message would otherwise reach line protocol in the gap's cause.
+        """
         if self._since_ns is None:
             self._since_ns = self._clock()
-        self._reason = reason
+        self._reason = one_line(reason)
         if self._memory is not None:
-            self._memory.set_outage(self._key, OpenOutage(self._since_ns, reason[:200]))
+            self._memory.set_outage(self._key, OpenOutage(self._since_ns, self._reason))
 
     def delivered(self) -> None:
         """The far side accepted something: close and report the span, if one is open."""
@@ -77,7 +81,7 @@ class Outage:
             return
         start, self._since_ns = self._since_ns, None
         if self._report is not None:
-            cause = f"{self._name} unreachable, delivered late: {self._reason}"[:200]
+            cause = one_line(f"{self._name} unreachable, delivered late: {self._reason}")
             self._report(Gap(start, self._clock(), cause, self._devices, 0))
             self.reported += 1
         self._devices = self._current

@@ -291,6 +291,7 @@ async def test_the_state_disk_is_recorded_and_alarmed(floor: Floor) -> None:
     assert alarm.json()["priority"] == "high"
     assert 0.0 < own.json()["values"]["state_disk_free"] <= 1.0
     assert own.json()["quality"]["state_disk_free"] == "good"
+    assert own.json()["values"]["spool_failing"] == 0.0  # watched by cellfab.spool_failing
 
 
 async def test_door_opening_rides_through_the_dp_delay(floor: Floor) -> None:

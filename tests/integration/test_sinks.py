@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,6 +19,9 @@ from controller.config import SiteConfig
 from controller.journal import Journal
 from controller.sinks.influx import InfluxSink
 from controller.sinks.mqtt import Endpoint, MqttSink
+from controller.spool import Spool
+from controller.spool_budget import Gap
+from controller.spool_events import Event
 from drivers.sample import Quality, Sample, Scan, utc_now_ns
 from tests.servers import (
     HOST,
@@ -32,6 +36,7 @@ from tests.servers import (
     make_tls_files,
     require_binary,
 )
+from tests.unit.test_spool import failing_db
 
 pytestmark = pytest.mark.integration
 
@@ -555,3 +560,98 @@ async def test_mqtt_publishes_the_live_end_ahead_of_a_backlog(mosquitto: Mosquit
     assert set(seqs[:100]) == set(range(251, 351))  # the live end first
     assert seqs[100:] == list(range(1, 251))  # then the backlog, in order
     assert sink.lag == 0
+
+
+async def test_mqtt_a_refused_publish_is_kept_and_sent_again(tmp_path: Path) -> None:
+    """An MQTT 5 PUBACK with a failure reason code (an ACL's 0x87 Not authorized) is not a
+    delivery: nothing is acked, the scans stay in the spool, the outage is recorded once
+    with the broker's reason, and everything arrives once the broker takes it. (aiomqtt
+    2.5 ignores the reason code: the cursor moved, the spool deleted the scans, lag 0.)"""
+    acl = tmp_path / "acl"
+    prefix = "cellfab/refuse1"
+    acl.write_text(
+        f"topic readwrite {prefix}/status\ntopic readwrite {prefix}/events/#\n"
+        f"topic read {prefix}/telemetry/#\n"
+    )
+    broker = Mosquitto(require_binary("mosquitto"), tmp_path)
+    broker.config_path.write_text(f"acl_file {acl}\n{broker.config_path.read_text()}")
+    await asyncio.to_thread(broker.start)
+    spool = Spool(tmp_path / "spool.sqlite", budget_bytes=1 << 30)
+    flusher = asyncio.create_task(spool.run(0.01, 0.5))
+    try:
+        cfg = site("refuse1", mqtt={"url": broker.url, **FAST})
+        cursor = spool.cursor("mqtt")
+        sink = MqttSink(cfg, cursor, "x", on_outage=spool.record_gap, outages=spool)
+        t0 = utc_now_ns()
+        async with MqttCollector(HOST, broker.port, f"{prefix}/telemetry/#") as coll:
+            for i in range(5):
+                spool.append(make_scan(i, t0))
+            spool.commit()
+            task = asyncio.create_task(sink.run())
+            await async_wait_until(
+                lambda: sink.stats.connects >= 3 or cursor.lag == 0, 10, "two refused sessions"
+            )
+            assert (cursor.acked, cursor.lag, sink.stats.telemetry_published) == (0, 5, 0)
+            assert sink.stats.publishes_refused >= 2
+            spool.commit()
+            assert len(spool.items_after(0, 100)) == 5  # none deleted
+            span = spool.open_outage("mqtt")
+            assert span is not None and "Not authorized (reason code 135)" in span.reason
+            assert spool.gaps() == []  # a reconnect is no delivery: the outage goes on
+
+            acl.write_text(f"topic readwrite {prefix}/#\n")  # the ACL is fixed and reloaded
+            assert broker._proc is not None  # a SIGHUP: no restart, no session to lose
+            broker._proc.send_signal(signal.SIGHUP)
+            everything = {1, 2, 3, 4, 5}
+            seen = lambda: {m.json()["seq"] for m in coll.messages} == everything  # noqa: E731
+            await async_wait_until(lambda: seen() and cursor.lag == 0, 10, "delivery")
+            spool.close()
+            await asyncio.wait_for(task, 10)
+            seqs = sorted(m.json()["seq"] for m in coll.messages)
+            gaps = spool.gaps()
+    finally:
+        await asyncio.to_thread(broker.stop)
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+        spool.shutdown()
+    # all of them; twice where the reload fell inside a window (at least once, by `seq`)
+    assert set(seqs) == everything
+    # one span from the first refusal to the delivery (its reason: the last failure seen)
+    assert [g.start_ns for g in gaps if "delivered late" in g.cause] == [span.since_ns], gaps
+
+
+async def test_mqtt_waits_out_a_failed_spool_read(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The spool cannot read its file for a while (a corrupt page): the MQTT sink gets
+    nothing for now, stays connected and tries again; then scans, gaps and events arrive."""
+    spool = Spool(tmp_path / "spool.sqlite", budget_bytes=1 << 30, cache_scans=1)
+    try:
+        cfg = site("readfail1", mqtt={"url": mosquitto.url, **FAST})
+        cursor = spool.cursor("mqtt")
+        sink = MqttSink(cfg, cursor, "x")
+        t0 = utc_now_ns()
+        for i in range(3):
+            spool.append(make_scan(i, t0))
+        spool.record_gap(Gap(t0, t0 + 1, "daemon down", ("inc1",)))
+        spool.record_event(Event(t0, "alarm", "inc1.hi", {"to": "unack"}))
+        spool.commit()
+        broken = failing_db(spool)
+        broken.failing = ("SELECT",)
+        async with MqttCollector(HOST, mosquitto.port, "cellfab/readfail1/#") as coll:
+            task = asyncio.create_task(sink.run())
+            await async_wait_until(
+                lambda: broken.tried_all_reads() or task.done(), 10, "failed reads"
+            )
+            assert not task.done(), task.exception()
+            broken.failing = ()
+            await async_wait_until(
+                lambda: (cursor.lag, cursor.gap_lag, cursor.event_lag) == (0, 0, 0) or task.done(),
+                10,
+                "delivery",
+            )
+            spool.close()
+            await asyncio.wait_for(task, 10)
+            topics = Counter(m.topic.rsplit("/", 1)[0] for m in coll.messages)
+    finally:
+        spool.shutdown()
+    assert topics["cellfab/readfail1/telemetry"] == 3
+    assert topics["cellfab/readfail1/events"] == 2  # the gap and the alarm

@@ -248,3 +248,26 @@ def test_rtu_slaves_need_an_existing_bus_and_a_free_unit_id(tmp_path: Path) -> N
     ok = head + RTU_DEVICE.format(id="a", bus="rs485-1", unit=41)
     ok += RTU_DEVICE.format(id="b", bus="rs485-1", unit=42)
     assert len(load_site(write(tmp_path, ok, "ok.toml"), {}).devices) == 2
+
+
+def test_gmp_streams_may_be_devices_loops_or_rooms() -> None:
+    """spool.gmp_devices takes any stream the site produces: a device (its loops are GMP
+    with it, controller/spool_budget.is_gmp), a loop, or a room's `room.<id>`."""
+    regmap = {"name": "m", "registers": [{"tag": "t", "address": 0, "type": "u16"}]}
+    dev = {"driver": "modbus_tcp", "host": "127.0.0.1", "register_map": regmap}
+    room = {"id": "fill-1", "grade": "A", "p05_tag": "br-1.t", "p50_tag": "br-1.t"}
+    room |= {"alert_fraction": "0.5"}  # the room's alert level (required, any will do)
+
+    def site(gmp: list[str]) -> SiteConfig:
+        return SiteConfig.model_validate(
+            {
+                "site": {"id": "s"},
+                "devices": [{"id": "br-1", "device_class": "bioreactor", "area": "a", **dev}],
+                "cleanroom": {"rooms": [room]},
+                "spool": {"gmp_devices": gmp},
+            }
+        )
+
+    assert site(["br-1", "room.fill-1"]).spool.gmp_devices == ("br-1", "room.fill-1")
+    with pytest.raises(ValueError, match=r"no device or stream 'room\.fill-2'"):
+        site(["room.fill-2"])

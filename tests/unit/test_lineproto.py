@@ -14,7 +14,16 @@ from influxdb_client.client.write.point import Point
 from influxdb_client.domain.write_precision import WritePrecision
 
 from controller.config import SiteConfig
-from controller.lineproto import LineFormatter, escape_key, format_float, quote_string
+from controller.lineproto import (
+    LineFormatter,
+    escape_key,
+    event_line,
+    format_float,
+    gap_lines,
+    quote_string,
+)
+from controller.spool_budget import Gap
+from controller.spool_events import JSON, Event
 from drivers.sample import Quality, Sample, Scan
 
 T_NS = 1_795_329_214_500_123_456
@@ -276,3 +285,47 @@ def test_scan_stamps_batch_and_config_as_tags() -> None:
     _, tags, _, _ = only(fmt.lines([scan(good("t", 1.0))]))
     assert "batch" not in tags
     assert "config" not in tags
+
+
+def test_gap_and_event_text_with_line_breaks_is_written_not_refused() -> None:
+    """A gap cause or event text quoting an HTTP error page: each line break becomes a
+    space. Raising here stopped the sink, and after every restart again (the gap stayed)."""
+    cause = "InfluxDB unreachable, delivered late: HTTP 502: <html>\r\n<head>\n</head>"
+    lines = gap_lines("s1", Gap(10, 2_000_000_010, cause, ("inc1", "two\nlines")))
+    assert len(lines) == 2
+    measurement, tags, fields, t_ns = parse_line(lines[0])
+    assert measurement == "gap" and t_ns == 10
+    assert tags["cause"] == "InfluxDB unreachable, delivered late: HTTP 502: <html> <head> </head>"
+    assert fields == {"end_ns": 2_000_000_010, "duration_s": 2.0, "scans": 0}
+    assert parse_line(lines[1])[1]["device"] == "two lines"
+    body: dict[str, JSON] = {"to": "unack\nnow", "message": "a\r\nb", "n\nk": 1.0}
+    line = event_line("s1", Event(5, "alarm", "inc1.hi\n", body))
+    assert "\n" not in line and "\r" not in line
+    measurement, tags, fields, _ = parse_line(line)
+    assert measurement == "alarm_events"
+    assert tags == {"site": "s1", "key": "inc1.hi ", "to": "unack now"}
+    assert fields == {"message": "a b", "n k": 1.0}
+
+
+def audit(new: JSON, old: JSON = None) -> Event:
+    body: dict[str, JSON] = {"v": 1, "action": "setpoint", "user": "alice", "old": old}
+    return Event(T_NS, "audit", "br-1.temp", {**body, "new": new, "result": "accepted"})
+
+
+def test_audit_old_and_new_have_one_type_per_field() -> None:
+    """`new` is a hash (text) in one audit record and a setpoint (number) in the next:
+    InfluxDB refuses the second type of a field. Both are text, the number also `_num`."""
+    seen: dict[str, type] = {}
+    for record in (audit("9f2c1e0a7b3d"), audit(37.5, 37), audit(True), audit({"a": 1})):
+        measurement, tags, fields, _ = parse_line(event_line("s1", record))
+        assert measurement == "audit_events"
+        assert tags == {"site": "s1", "key": "br-1.temp", "action": "setpoint", "user": "alice"}
+        for key, value in fields.items():
+            assert seen.setdefault(key, type(value)) is type(value), key
+    _, _, fields, _ = parse_line(event_line("s1", audit(37.5, 37)))
+    assert fields["new"] == "37.5" and fields["new_num"] == 37.5
+    assert fields["old"] == "37" and fields["old_num"] == 37.0
+    _, _, fields, _ = parse_line(event_line("s1", audit("9f2c1e0a7b3d")))
+    assert fields["new"] == "9f2c1e0a7b3d" and "new_num" not in fields and "old" not in fields
+    _, _, fields, _ = parse_line(event_line("s1", audit({"a": 1})))
+    assert fields["new"] == '{"a":1}'

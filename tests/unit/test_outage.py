@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from controller.sinks.outage import Outage
-from controller.spool_budget import Gap
+from controller.spool_budget import CAUSE_MAX, Gap
 from controller.spool_outages import OpenOutage
 
 
@@ -79,3 +79,18 @@ def test_a_span_open_at_a_restart_is_reported_from_its_first_failure() -> None:
         )
     ]
     assert memory.spans == {}  # closed with its gap
+
+
+def test_a_multi_line_reason_becomes_one_bounded_line() -> None:
+    """A proxy's HTML 502 page as the reason: the gap's cause (a line-protocol tag) and the
+    span kept in the spool are one line of at most CAUSE_MAX characters."""
+    memory, gaps = Memory(), []
+    outage = Outage("InfluxDB", ("inc-1",), gaps.append, lambda: 5, memory=memory, key="influx")
+    page = "HTTP 502: <html>\r\n<head><title>502 Bad Gateway</title></head>\r\n" + "y" * 400
+    outage.failed(page)
+    kept = memory.spans["influx"].reason
+    assert "\n" not in kept and "\r" not in kept and len(kept) <= CAUSE_MAX
+    outage.delivered()
+    (gap,) = gaps
+    assert gap.cause.startswith("InfluxDB unreachable, delivered late: HTTP 502: <html> <head>")
+    assert "\n" not in gap.cause and "\r" not in gap.cause and len(gap.cause) == CAUSE_MAX

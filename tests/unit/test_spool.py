@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controller import spool_budget
 from controller.journal import Journal
 from controller.spool import Spool, SpoolLocked
 from controller.spool_budget import (
@@ -361,17 +364,34 @@ def test_only_gmp_left_refuses_with_spool_full(path: Path) -> None:
         assert s.last_seq == refused  # a refused scan takes no sequence number
 
 
-def test_hub_records_refusals_as_one_gap(spool: Spool) -> None:
-    """Gaps of one cause recorded within a commit merge into one span."""
+def test_gaps_merge_only_with_the_same_cause_devices_and_a_touching_span(spool: Spool) -> None:
+    """A buffered gap absorbs another only when one span can stand for both: the same
+    cause and devices, spans that overlap or touch. inc1 down 2 h and inc2 down 1 s with
+    the same reason stay two gaps (they once became one 2 h gap for both)."""
+    h = 3600 * 10**9
+    t = 10 * h
+    spool.record_gap(Gap(t - 2 * h, t, "device unreachable: timeout", ("inc1",)))
+    spool.record_gap(Gap(t - 10**9, t, "device unreachable: timeout", ("inc2",)))
     spool.record_gap(Gap(10, 10, "spool full", ("a",), 1))
-    spool.record_gap(Gap(20, 20, "spool full", ("b",), 1))
-    spool.record_gap(Gap(5, 30, "device unreachable", ("c",)))
+    spool.record_gap(Gap(10, 20, "spool full", ("a",), 1))  # touches: one span
+    spool.record_gap(Gap(20, 30, "spool full", ("a",), 1))  # touches the merged one
+    spool.record_gap(Gap(40, 40, "spool full", ("a",), 1))  # apart: a span of its own
+    spool.record_gap(Gap(20, 20, "spool full", ("b",), 1))  # other device
+    spool.record_gap(Gap(5, 30, "daemon down", ("a",)))  # other cause
     spool.commit()
     assert spool.gaps() == [
-        Gap(10, 20, "spool full", ("a", "b"), 2),
-        Gap(5, 30, "device unreachable", ("c",)),
+        Gap(t - 2 * h, t, "device unreachable: timeout", ("inc1",)),
+        Gap(t - 10**9, t, "device unreachable: timeout", ("inc2",)),
+        Gap(10, 30, "spool full", ("a",), 3),
+        Gap(40, 40, "spool full", ("a",), 1),
+        Gap(20, 20, "spool full", ("b",), 1),
+        Gap(5, 30, "daemon down", ("a",)),
     ]
-    assert spool.gaps(since_ns=25) == [Gap(5, 30, "device unreachable", ("c",))]
+    assert spool.gaps(since_ns=35) == [
+        Gap(t - 2 * h, t, "device unreachable: timeout", ("inc1",)),
+        Gap(t - 10**9, t, "device unreachable: timeout", ("inc2",)),
+        Gap(40, 40, "spool full", ("a",), 1),
+    ]
 
 
 def test_gap_positions_persist_and_redeliver(path: Path) -> None:
@@ -749,3 +769,215 @@ def test_an_open_outage_survives_a_crash_and_closes_with_its_gap(path: Path) -> 
         assert [g.cause for g in again.gaps()] == ["MQTT broker unreachable, delivered late"]
     with Spool(path, budget_bytes=BIG) as third:
         assert third.open_outage("mqtt") is None
+
+
+# --- review fixes: line breaks, a failing file, retention, GMP streams ---------------------
+
+
+def test_a_gap_cause_is_kept_on_one_bounded_line(spool: Spool) -> None:
+    """A cause quoting an HTTP error page (line breaks, any length) is stored as one line:
+    every gap becomes a line-protocol tag, where a line break cannot be written."""
+    page = "HTTP 502: <html>\r\n<head><title>502 Bad Gateway</title></head>\r\n" + "x" * 500
+    spool.record_gap(Gap(1, 2, page, ("inc1",)))
+    spool.commit()
+    (gap,) = spool.gaps()
+    assert "\n" not in gap.cause and "\r" not in gap.cause
+    assert gap.cause.startswith("HTTP 502: <html> <head><title>502 Bad Gateway</title></head> x")
+    assert len(gap.cause) == spool_budget.CAUSE_MAX
+
+
+class FailingDb:
+    """The spool's connection, raising a DatabaseError (a corrupt page) on chosen SQL."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.failing: tuple[str, ...] = ()  # statements starting with one of these fail
+        self.refused: list[str] = []  # the statements that failed
+
+    def tried_all_reads(self) -> bool:
+        """Whether a sink has tried to read scans, gaps and events while they failed."""
+        reads = ("FROM scans_gmp WHERE seq >", "FROM gaps WHERE id >", "FROM events WHERE id >")
+        return all(any(r in sql for sql in self.refused) for r in reads)
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        self._check(sql)
+        return self.db.execute(sql, *args)
+
+    def executemany(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        self._check(sql)
+        return self.db.executemany(sql, *args)
+
+    def _check(self, sql: str) -> None:
+        if sql.lstrip().startswith(self.failing):
+            self.refused.append(sql)
+            raise sqlite3.DatabaseError("database disk image is malformed")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def failing_db(s: Spool) -> FailingDb:
+    fake = FailingDb(s._db)
+    s._db = fake  # type: ignore[assignment]
+    return fake
+
+
+def test_a_corrupt_file_fails_commits_and_keeps_the_scans(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLITE_CORRUPT is a DatabaseError, not an OperationalError: it is rolled back like a
+    full disk, the scans stay buffered, `failing` says why, and nothing is raised."""
+    with Spool(path, budget_bytes=BIG) as s:
+        cur = s.cursor("a")
+        s.append(scan(0))
+        s.commit()
+        fake = failing_db(s)
+        fake.failing = ("INSERT INTO scans",)
+        s.append(scan(1))
+        with caplog.at_level(logging.ERROR):
+            assert s.commit() == 0
+            assert s.commit() == 0
+        assert not fake.db.in_transaction  # rolled back, not left open
+        assert s.failing and s.failure is not None and "malformed" in s.failure
+        assert s.buffered == 1 and cur.lag == 1
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "malformed" in errors[0]
+        fake.failing = ()
+        assert s.commit() == 1
+        assert not s.failing and s.failure is None
+        assert [x.t_scan_ns for _, x in cur.peek(10)] == [0, 1]
+
+
+def test_a_really_corrupt_freelist_does_not_stop_the_flusher(path: Path) -> None:
+    """The reviewer's case: a damaged free-list page that the next insert allocates."""
+    with Spool(path, budget_bytes=BIG) as s:
+        cur = s.cursor("a")
+        for i in range(3000):
+            s.append(scan(i, tags=20))
+        s.commit()
+        cur.ack(s.committed_seq)
+        while s.commit() or s.cleanup_pending:
+            pass
+    raw = bytearray(path.read_bytes())
+    page = int.from_bytes(raw[16:18], "big") or 65536
+    trunk = int.from_bytes(raw[32:36], "big")
+    assert trunk > 0
+    raw[(trunk - 1) * page : (trunk - 1) * page + 8] = (0).to_bytes(4, "big") + (
+        0xFFFFFFF0
+    ).to_bytes(4, "big")  # the trunk claims four billion leaves
+    path.write_bytes(raw)
+    with Spool(path, budget_bytes=BIG) as s:
+        s.cursor("a")
+        for i in range(2000):
+            s.append(scan(i, tags=20))
+        assert s.commit() == 0  # raised sqlite3.DatabaseError out of commit before
+        assert s.failing and not s._db.in_transaction and s.buffered == 2000
+
+
+def test_a_failed_read_gives_the_sinks_nothing_and_flags_failing(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sinks read backlogs, gaps and events from disk: a failed read is an empty answer (the
+    sink retries), logged once and flagged as `failing`, never an exception in the sink."""
+    with Spool(path, budget_bytes=BIG, cache_scans=1) as s:
+        cur = s.cursor("a")
+        for i in range(3):
+            s.append(scan(i))
+        s.record_gap(Gap(1, 2, "daemon down", ("dev",)))
+        s.record_event(event(5))
+        s.commit()
+        fake = failing_db(s)
+        fake.failing = ("SELECT",)
+        with caplog.at_level(logging.ERROR):
+            assert cur.peek(10) == []
+            assert cur.peek_gaps(10) == []
+            assert cur.peek_events(10) == []
+        assert (cur.lag, cur.gap_lag, cur.event_lag) == (3, 1, 1)
+        assert s.failing and s.failure is not None and "malformed" in s.failure
+        assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+        fake.failing = ()
+        assert [x.t_scan_ns for _, x in cur.peek(10)] == [0, 1, 2]
+        assert not s.failing
+
+
+def test_a_failed_measure_after_commit_keeps_the_commit_whole(path: Path) -> None:
+    """The commit happened even if reading the page counts after it fails: the in-memory
+    state is complete (nothing still buffered, cursors see it) and the next commit works."""
+    with Spool(path, budget_bytes=BIG) as s:
+        cur = s.cursor("a")
+        fake = failing_db(s)
+        fake.failing = ("PRAGMA freelist_count",)
+        s.append(scan(0, tags=20))
+        assert s.commit() == 1
+        assert s.buffered == 0 and cur.lag == 1 and s.budget.pending == 0
+        assert s.budget.used > 0  # the estimate until it can be measured again
+        fake.failing = ()
+        s.append(scan(1))
+        assert s.commit() == 1 and not s.failing
+
+
+def test_only_configured_sinks_hold_data_back(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A cursor stored by a sink that is no longer configured holds nothing back: the
+    configured sink's acks release GMP scans, so live GMP scans are never refused. The
+    stale cursor is named at start and kept, so adding the sink again resumes there."""
+    with Spool(path, budget_bytes=2_000_000, gmp_devices=["br1"]) as s:
+        s.cursor("influx")
+        s.cursor("mqtt")
+        s.commit()
+    with (
+        caplog.at_level(logging.WARNING),
+        Spool(path, budget_bytes=2_000_000, gmp_devices=["br1"]) as s,
+    ):
+        influx = s.cursor("influx")  # [mqtt] was removed from the site file
+        for i in range(20_000):
+            s.append(scan(i, "br1", tags=20))  # raised SpoolFull before: mqtt held it all
+            if i % 100 == 99:
+                s.commit()
+                influx.ack(s.committed_seq)
+        s.commit()
+        assert s.usage_fraction < 0.5
+        assert s.cursor_names() == ["influx", "mqtt"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "not configured: mqtt" in warnings[0]
+    with Spool(path, budget_bytes=2_000_000) as s:
+        assert s.cursor("mqtt").acked == 0  # resumes where it was (what is left of it)
+
+
+def test_without_an_opened_cursor_every_stored_one_holds_data(path: Path) -> None:
+    """A tool that opens the file without opening a sink's cursor deletes nothing; a run
+    that configures only `a` lets `a`'s acks release the scans."""
+    with Spool(path, budget_bytes=BIG) as s:
+        a = s.cursor("a")
+        s.cursor("b")
+        for i in range(5):
+            s.append(scan(i))
+        s.commit()
+        a.ack(5)
+        s.commit()
+        assert len(s.items_after(0, 10)) == 5  # b has not had them
+    with Spool(path, budget_bytes=BIG) as s:
+        s.record_gap(Gap(1, 2, "daemon down", ()))
+        s.commit()
+        assert len(s.items_after(0, 10)) == 5
+    with Spool(path, budget_bytes=BIG) as s:
+        s.cursor("a")
+        s.record_gap(Gap(3, 4, "daemon down", ()))
+        s.commit()
+        assert s.items_after(0, 10) == []
+
+
+def test_a_gmp_devices_loop_streams_are_gmp_too(path: Path) -> None:
+    """`br-1.temp` (a loop of br-1) is kept like br-1; `br-10` is another device."""
+    with Spool(path, budget_bytes=BIG) as s:
+        s.cursor("a")
+        for i, name in enumerate(("br-1", "br-1.temp", "br-10", "room.A")):
+            s.append(scan(i, name))
+        s.commit()
+    with Spool(path, budget_bytes=BIG, gmp_devices={"br-1", "room.A"}) as s:
+        kept = [d for (d,) in s._db.execute("SELECT device FROM scans_gmp ORDER BY seq")]
+        assert kept == ["br-1", "br-1.temp", "room.A"]  # re-applied to the held scans
+        s.append(scan(9, "br-1.pressure"))
+        s.append(scan(10, "br-10.temp"))
+        s.commit()
+        kept = [d for (d,) in s._db.execute("SELECT device FROM scans_gmp ORDER BY seq")]
+        assert kept == ["br-1", "br-1.temp", "room.A", "br-1.pressure"]
