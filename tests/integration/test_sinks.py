@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from controller.config import SiteConfig
 from controller.journal import Journal
 from controller.sinks.influx import InfluxSink
 from controller.sinks.mqtt import Endpoint, MqttSink
 from controller.spool import Spool
 from controller.spool_budget import Gap
 from controller.spool_events import Event
-from drivers.sample import Quality, Sample, Scan, utc_now_ns
+from drivers.sample import Scan, utc_now_ns
 from tests.servers import (
     HOST,
     Mosquitto,
@@ -36,15 +34,13 @@ from tests.servers import (
     make_tls_files,
     require_binary,
 )
+from tests.sink_fixtures import AREA, FAST, FAST_INFLUX, make_scan, site, site_dict
 from tests.unit.test_spool import failing_db
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-AREA = 'Suite 1, "east" = B\\'  # every character line protocol treats specially
 ISO_NS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
-FAST = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.3}
-FAST_INFLUX = {"retry_min_s": 0.02, "retry_max_s": 0.2, "flush_interval_s": 0.05}
 
 
 @pytest.fixture(scope="session")
@@ -61,38 +57,6 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
     binary = require_binary("victoria-metrics")
     with VictoriaMetrics(binary, tmp_path_factory.mktemp("vm")) as server:
         yield server
-
-
-def site_dict(site_id: str, device_class: str = "incubator", **sections: Any) -> dict[str, Any]:
-    """A site with device `inc1` in AREA and a device `poison` for rejection tests."""
-    regmap = {"name": "m", "registers": [{"tag": "t", "address": 0, "type": "u16"}]}
-    common = {"driver": "modbus_tcp", "host": HOST, "register_map": regmap}
-    return {
-        "site": {"id": site_id},
-        "devices": [
-            {"id": "inc1", "device_class": device_class, "area": AREA, **common},
-            {"id": "poison", "device_class": device_class, "area": "x", **common},
-        ],
-        **sections,
-    }
-
-
-def site(site_id: str, device_class: str = "incubator", **sections: Any) -> SiteConfig:
-    return SiteConfig.model_validate(site_dict(site_id, device_class, **sections))
-
-
-def make_scan(i: int, t0_ns: int, device: str = "inc1") -> Scan:
-    """Scan i: ms apart with a ns remainder; co2 bad every 3rd, rh uncertain every 4th."""
-    t_ns = t0_ns + i * 1_000_000 + 123_457
-    samples = [Sample.good("chamber_temp", round(36.6 + i * 0.01, 2), "degC", t_ns)]
-    if i % 3 == 0:
-        samples.append(Sample.bad("co2", "%", "timeout", t_ns))
-    else:
-        samples.append(Sample.good("co2", 5, "%", t_ns))  # an int on purpose
-    quality = Quality.UNCERTAIN if i % 4 == 1 else Quality.GOOD
-    reason = "probe warming up" if quality is Quality.UNCERTAIN else None
-    samples.append(Sample("rh", 40.0 + i, "%RH", quality, t_ns, reason))
-    return Scan(device, t_ns, tuple(samples))
 
 
 def series(rows: list[dict[str, Any]], name: str) -> dict[int, float]:
@@ -366,88 +330,6 @@ async def test_vm_restart_every_scan_arrives_once(tmp_path: Path) -> None:
     assert sink.stats.lines_written == len(produced) and sink.stats.rejected_lines == 0
 
 
-class FakeInflux:
-    """An /api/v2/write endpoint answering from a script: the errors VM never returns."""
-
-    def __init__(self, answer: Callable[[int, str], tuple[int, dict[str, str]]]) -> None:
-        self._answer = answer
-        self.requests = 0
-        self.accepted: list[str] = []
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    async def __aenter__(self) -> FakeInflux:
-        app = web.Application()
-        app.router.add_post("/api/v2/write", self._write)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, HOST, self.port).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    async def _write(self, request: web.Request) -> web.Response:
-        body = await request.text()
-        self.requests += 1
-        status, headers = self._answer(self.requests, body)
-        if status == 204:
-            self.accepted += body.split("\n")
-            return web.Response(status=204)
-        payload = {"code": "error", "message": f"scripted {status} for {body.count(chr(10)) + 1}"}
-        return web.json_response(payload, status=status, headers=headers)
-
-
-@pytest.mark.parametrize(
-    ("status", "headers"),
-    [(503, {}), (429, {"Retry-After": "0"}), (500, {}), (401, {}), (404, {})],
-)
-async def test_influx_retries_transient_and_config_errors(
-    status: int, headers: dict[str, str]
-) -> None:
-    """Overload, server errors and a wrong token/bucket keep the batch and retry it."""
-    async with FakeInflux(lambda n, _: (status, headers) if n <= 2 else (204, {})) as fake:
-        cfg = site("retry1", influx={"url": fake.url, **FAST_INFLUX})
-        journal = Journal(100)
-        sink = InfluxSink(cfg, journal.cursor("influx"))
-        scans = [make_scan(i, utc_now_ns()) for i in range(5)]
-        for s in scans:
-            journal.append(s)
-        journal.close()
-        await asyncio.wait_for(sink.run(), 10)
-    assert Counter(int(line.rsplit(" ", 1)[1]) for line in fake.accepted) == Counter(
-        s.t_scan_ns for s in scans
-    )
-    assert (sink.stats.failures, sink.stats.rejected_lines, sink.lag) == (2, 0, 0)
-    assert sink.stats.last_error is not None and f"HTTP {status}" in sink.stats.last_error
-
-
-async def test_influx_bisects_a_refused_batch(caplog: pytest.LogCaptureFixture) -> None:
-    """A 400 gives up only the bad line; the good lines around it land once each."""
-    async with FakeInflux(
-        lambda _, body: (400, {}) if "device=poison" in body else (204, {})
-    ) as fake:
-        cfg = site("bisect1", influx={"url": fake.url, **FAST_INFLUX})
-        journal = Journal(100)
-        sink = InfluxSink(cfg, journal.cursor("influx"))
-        t0 = utc_now_ns()
-        scans = [make_scan(i, t0, "poison" if i == 6 else "inc1") for i in range(10)]
-        for s in scans:
-            journal.append(s)
-        journal.close()
-        await asyncio.wait_for(sink.run(), 10)
-    good = Counter(s.t_scan_ns for s in scans if s.device == "inc1")
-    assert Counter(int(line.rsplit(" ", 1)[1]) for line in fake.accepted) == good
-    assert (sink.stats.rejected_batches, sink.stats.rejected_lines, sink.lag) == (1, 1, 0)
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert any("scripted 400 for 1" in e and "device=poison" in e for e in errors), errors
-
-
 async def test_sinks_give_up_at_the_drain_deadline() -> None:
     """With the peers unreachable at shutdown, both sinks stop after their drain deadline."""
     port = free_port()  # nothing listens there
@@ -513,31 +395,6 @@ def test_endpoint_takes_credentials_from_the_url_first() -> None:
         site("ep", mqtt={"url": "mqtts://b", "username": "u", "password": "p"})
     )
     assert (ep.port, ep.tls, ep.username, ep.password) == (8883, True, "u", "p")
-
-
-async def test_influx_writes_the_live_end_ahead_of_a_backlog() -> None:
-    """After an outage the newest scans are written first; then the backlog drains in order
-    (each of those written again, which InfluxDB, keying by series + timestamp, overwrites)."""
-    async with FakeInflux(lambda _n, _body: (204, {})) as fake:
-        influx = {"url": fake.url, **FAST_INFLUX, "batch_max_lines": 100}
-        influx["backlog_max_lines_per_s"] = 1_000_000
-        cfg = site("live1", influx=influx)
-        journal = Journal(1000)
-        sink = InfluxSink(cfg, journal.cursor("influx"))
-        t0 = utc_now_ns()
-        scans = [make_scan(i, t0) for i in range(350)]  # an outage's worth: 3.5 batches
-        for s in scans:
-            journal.append(s)
-        journal.close()
-        await asyncio.wait_for(sink.run(), 20)
-    times = [int(line.rsplit(" ", 1)[1]) for line in fake.accepted]
-    newest = [s.t_scan_ns for s in scans[-100:]]
-    assert times[:100] == newest  # the first write is the live end
-    assert set(times) == {s.t_scan_ns for s in scans}  # every scan written
-    in_order = times[100:]
-    assert sorted(set(in_order)) == [s.t_scan_ns for s in scans]  # the backlog, all of it
-    assert sink.lag == 0
-    assert sink.stats.live_lines_written >= 100
 
 
 async def test_mqtt_publishes_the_live_end_ahead_of_a_backlog(mosquitto: Mosquitto) -> None:

@@ -18,7 +18,8 @@ from controller.spool import Spool
 from controller.spool_budget import Gap
 from controller.spool_events import JSON, Event
 from drivers.sample import Sample, Scan
-from tests.servers import HOST, async_wait_until, free_port
+from tests.servers import HOST, async_wait_until
+from tests.sink_fixtures import ScriptedInflux
 from tests.unit.test_lineproto import parse_line
 from tests.unit.test_spool import failing_db
 
@@ -30,7 +31,7 @@ NGINX_502 = (
 T0 = 1_795_000_000_000_000_000
 
 
-class FakeInflux:
+class FakeInflux(ScriptedInflux):
     """InfluxDB's write rules: a line it cannot parse is a 400, a field whose type differs
     from the type it was first written with is a 422 (field type conflict), and a request
     with any refused line stores none of it. `answer` may script other replies first."""
@@ -38,16 +39,10 @@ class FakeInflux:
     def __init__(
         self, answer: Callable[[int, str], web.Response | None] = lambda _n, _body: None
     ) -> None:
-        self._answer = answer
-        self.requests = 0
+        super().__init__()
+        self._script = answer
         self.lines: list[str] = []  # every line stored
         self.types: dict[tuple[str, str], type] = {}
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
 
     def stored(self, measurement: str) -> list[tuple[dict[str, str], dict[str, Any], int]]:
         out = []
@@ -57,22 +52,8 @@ class FakeInflux:
                 out.append((tags, fields, t_ns))
         return out
 
-    async def __aenter__(self) -> FakeInflux:
-        app = web.Application()
-        app.router.add_post("/api/v2/write", self._write)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, HOST, self.port).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    async def _write(self, request: web.Request) -> web.Response:
-        body = await request.text()
-        self.requests += 1
-        scripted = self._answer(self.requests, body)
+    def reply(self, n: int, body: str) -> web.Response:
+        scripted = self._script(n, body)
         if scripted is not None:
             return scripted
         types = dict(self.types)
