@@ -158,13 +158,19 @@ async def started(tmp_path: Path, plant: Plant) -> AsyncIterator[Callable[[], Ru
             await run.stop()
 
 
-async def test_a_reload_that_moves_a_takeover_hands_the_old_one_back(
-    tmp_path: Path, plant: Plant, started: Callable[[], Running]
-) -> None:
+async def ticking(tmp_path: Path, started: Callable[[], Running]) -> Running:
+    """A daemon on the default site file, ready, its loop group past a first tick."""
     write_site(tmp_path / "site.toml")
     run = started()
     await asyncio.wait_for(run.daemon.ready.wait(), 10)
     await run.ticked()
+    return run
+
+
+async def test_a_reload_that_moves_a_takeover_hands_the_old_one_back(
+    tmp_path: Path, plant: Plant, started: Callable[[], Running]
+) -> None:
+    run = await ticking(tmp_path, started)
     assert plant.takeover_writes() == [0.0]  # taken over
     write_site(tmp_path / "site.toml", takeover=TAKEOVER.replace("temperature_auto", "ph_auto"))
     assert await run.reload() == "accepted: loops/command tags changed"
@@ -178,10 +184,7 @@ async def test_a_reload_that_moves_a_takeover_hands_the_old_one_back(
 async def test_a_reload_that_drops_a_takeover_hands_it_back(
     tmp_path: Path, plant: Plant, started: Callable[[], Running]
 ) -> None:
-    write_site(tmp_path / "site.toml")
-    run = started()
-    await asyncio.wait_for(run.daemon.ready.wait(), 10)
-    await run.ticked()
+    run = await ticking(tmp_path, started)
     write_site(tmp_path / "site.toml", takeover="")
     assert await run.reload() == "accepted: loops/command tags changed"
     await run.stop()
@@ -191,10 +194,7 @@ async def test_a_reload_that_drops_a_takeover_hands_it_back(
 async def test_a_stop_before_the_first_tick_after_a_reload_still_hands_control_back(
     tmp_path: Path, plant: Plant, started: Callable[[], Running]
 ) -> None:
-    write_site(tmp_path / "site.toml")
-    run = started()
-    await asyncio.wait_for(run.daemon.ready.wait(), 10)
-    await run.ticked()
+    run = await ticking(tmp_path, started)
     write_site(tmp_path / "site.toml", period=0.1)  # br-1 changed: a new poller
     plant.hold_new = gate = asyncio.Event()  # ... whose first read does not return yet
     assert await run.reload() == "accepted: devices ~br-1"
@@ -208,10 +208,7 @@ async def test_a_stop_before_the_first_tick_after_a_reload_still_hands_control_b
 async def test_a_stop_during_a_reload_waits_for_it_and_hands_control_back(
     tmp_path: Path, plant: Plant, started: Callable[[], Running], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_site(tmp_path / "site.toml")
-    run = started()
-    await asyncio.wait_for(run.daemon.ready.wait(), 10)
-    await run.ticked()
+    run = await ticking(tmp_path, started)
     plant.hold = gate = asyncio.Event()  # br-1's scan in progress does not end yet
     await asyncio.wait_for(plant.held.wait(), 10)
     write_site(tmp_path / "site.toml", period=0.1)

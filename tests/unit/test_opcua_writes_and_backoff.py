@@ -17,6 +17,7 @@ from drivers.opcua import OpcUaDriver
 from drivers.opcua_config import NodeSpec, OpcUaConfig
 from drivers.sample import Quality, Sample
 from tests.servers import free_port
+from tests.virtual_clock import Clock
 
 NAMESPACE = "urn:cellfab:test:fix-a"
 MIN_S = 1.0  # reconnect_min_s: a reset backoff never waits longer than this
@@ -26,16 +27,6 @@ TYPES = {
     "level": ua.VariantType.UInt32,
     "gain": ua.VariantType.Float,
 }
-
-
-class Clock:
-    """Virtual monotonic time for the driver's backoff."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Peer:

@@ -17,21 +17,12 @@ from drivers.modbus_tcp import ModbusTcpConfig, ModbusTcpDriver
 from drivers.particle_counter import ParticleCounterConfig, ParticleCounterDriver
 from drivers.registermap import RegisterMap, RegisterSpec
 from drivers.sample import Quality, Sample
+from tests.virtual_clock import Clock
 
 MIN_S = 1.0  # reconnect_min_s: a reset backoff never waits longer than this
 FAR = 10_000.0  # virtual seconds: past any backoff
 TIMEOUT_S = 0.05
 T0 = 1_700_000_000  # the counter's record timestamp, Unix s
-
-
-class Clock:
-    """Virtual monotonic time for the drivers' backoff."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Peer:
