@@ -23,7 +23,6 @@ import json
 import logging
 import sqlite3
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -53,6 +52,7 @@ from controller.spool_events import (
     last_event_id,
     oldest_event_id,
 )
+from controller.spool_health import SpoolHealth
 from controller.spool_outages import OpenOutage
 from drivers.sample import Scan, utc_now_ns
 
@@ -117,15 +117,11 @@ class Spool:
         self._changed = asyncio.Event()
         self._dirty = asyncio.Event()
         self._closed = False
-        self._failing_since: float | None = None  # commits fail
-        self._commit_error = ""
-        self._read_error: str | None = None  # reads for the sinks fail
-        self._measure_failing = False
+        self.health = SpoolHealth(path)  # what fails now: commits, reads, checkpoints
         self._orphans_checked: frozenset[str] = frozenset()
         self._orphans_named: set[str] = set()
         self._db_open = True
         self._closing = asyncio.Event()
-        self._checkpoint_failing = False
         self._checkpoint_lock = threading.Lock()
         self._cleanup_left = False
         self.dropped = 0  # scans deleted by the budget policy (each span is a gap)
@@ -272,9 +268,9 @@ class Spool:
         try:
             out = events_after(self._db, event_id, limit)
         except sqlite3.DatabaseError as exc:
-            self._read_failed("events", exc)
+            self.health.read_failed("events", exc)
             return []
-        self._read_ok()
+        self.health.read_ok()
         return out
 
     def gaps(self, since_ns: int = 0) -> list[Gap]:
@@ -312,9 +308,9 @@ class Spool:
         try:
             rows = self._db.execute(READ, (seq, self._committed, limit)).fetchall()
         except sqlite3.DatabaseError as exc:
-            self._read_failed("scans", exc)
+            self.health.read_failed("scans", exc)
             return []
-        self._read_ok()
+        self.health.read_ok()
         out = []
         for s, d, t, lay, b, batch, config in rows:
             scan = decode(d, t, self._layouts[lay], b)
@@ -340,9 +336,9 @@ class Spool:
                 (gap_id, limit),
             ).fetchall()
         except sqlite3.DatabaseError as exc:
-            self._read_failed("gaps", exc)
+            self.health.read_failed("gaps", exc)
             return []
-        self._read_ok()
+        self.health.read_ok()
         return [(r[0], Gap.from_row(r[1:])) for r in rows]
 
     def position_moved(self) -> None:
@@ -396,14 +392,12 @@ class Spool:
     def failing(self) -> bool:
         """True while commits or the sinks' reads fail (disk full, I/O error, a corrupt
         file): scans stay buffered, sinks wait. What a built-in alarm should watch."""
-        return self.failure is not None
+        return self.health.failing
 
     @property
     def failure(self) -> str | None:
         """Why the spool is `failing` (the latest error, for the alarm and health); None if not."""
-        if self._failing_since is not None:
-            return f"commit failed: {self._commit_error}"
-        return self._read_error
+        return self.health.failure
 
     def commit(self) -> int:
         """Write buffered scans, gaps, events and cursor positions in one transaction.
@@ -423,7 +417,8 @@ class Spool:
             outcome = self._write(dirty)
         except sqlite3.DatabaseError as exc:
             self._rollback()
-            self._commit_failed(exc)
+            self._cache.clear()  # a failed budget drop may have changed nothing: disk is the truth
+            self.health.commit_failed(exc, len(self._pending), self._max_buffered)
             return 0
         return self._committed_ok(dirty, outcome)
 
@@ -464,12 +459,10 @@ class Spool:
         try:
             await asyncio.to_thread(self._checkpoint_in_thread)
         except sqlite3.DatabaseError as exc:
-            self._checkpoint_failed(exc)
+            self.health.checkpoint_failed(exc)
         else:
             self.checkpoints += 1
-            if self._checkpoint_failing:
-                log.info("spool %s: checkpoints succeed again", self.path)
-            self._checkpoint_failing = False
+            self.health.checkpoint_ok()
 
     def shutdown(self) -> None:
         """Persist the cursors, fold the WAL into the database and close the file."""
@@ -611,13 +604,7 @@ class Spool:
         self._cleanup_left = outcome.cleanup_left
         while self._cache and self._cache[0][0] <= outcome.retired_upto:
             self._cache.popleft()
-        if self._failing_since is not None:
-            log.info(
-                "spool %s: commits succeed again after %.1f s",
-                self.path,
-                time.monotonic() - self._failing_since,
-            )
-            self._failing_since = None
+        self.health.commit_ok()
         self._dirty.clear()
         self._wake()
         return count
@@ -628,29 +615,14 @@ class Spool:
         try:
             self.budget.measure(self._db)
         except sqlite3.DatabaseError as exc:
-            if not self._measure_failing:
-                log.error("spool %s: cannot measure the file (%s)", self.path, exc)  # noqa: TRY400
-            self._measure_failing = True
+            self.health.measure_failed(exc)
         else:
-            self._measure_failing = False
+            self.health.measure_ok()
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
             with contextlib.suppress(sqlite3.DatabaseError):
                 self._db.execute("ROLLBACK")
-
-    def _commit_failed(self, exc: sqlite3.DatabaseError) -> None:
-        self._cache.clear()  # a failed budget drop may have changed nothing: disk is the truth
-        self._commit_error = str(exc)
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            log.error(
-                "spool %s: commit failed (%s): %d scans kept in memory (at most %d) and retried",
-                self.path,
-                exc,
-                len(self._pending),
-                self._max_buffered,
-            )
 
     def _checkpoint_in_thread(self) -> None:
         """Runs in the worker thread; the lock keeps `shutdown` from closing it mid-way."""
@@ -663,22 +635,6 @@ class Spool:
                 )
                 self._checkpointer.execute("PRAGMA synchronous = NORMAL")
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
-    def _read_failed(self, what: str, exc: sqlite3.DatabaseError) -> None:
-        """A sink's read failed: say so once, flag `failing`, and give it nothing for now."""
-        if self._read_error is None:
-            log.error(
-                "spool %s: reading %s for the sinks failed (%s); they wait and retry",
-                self.path,
-                what,
-                exc,
-            )
-        self._read_error = f"read of {what} failed: {exc}"
-
-    def _read_ok(self) -> None:
-        if self._read_error is not None:
-            log.info("spool %s: reads succeed again", self.path)
-            self._read_error = None
 
     def _warn_orphans(self) -> None:
         """Name, once, the stored cursors of sinks this run does not configure: they no
@@ -700,11 +656,6 @@ class Spool:
                 self.path,
                 ", ".join(orphans),
             )
-
-    def _checkpoint_failed(self, exc: sqlite3.DatabaseError) -> None:
-        if not self._checkpoint_failing:
-            log.error("spool %s: checkpoint failed (%s); retried", self.path, exc)
-        self._checkpoint_failing = True
 
     def _wake(self) -> None:
         self._changed.set()
