@@ -21,7 +21,17 @@ import numpy as np
 
 from controller.cancel import wait_at_most
 from controller.loops_config import LoopConfig, LoopGroupConfig, split
-from controller.pid import AUTO, HOLD, MANUAL, SAFE, PidTerms, set_mode, update
+from controller.pid import (
+    AUTO,
+    HOLD,
+    MANUAL,
+    SAFE,
+    PidParams,
+    PidState,
+    PidTerms,
+    set_mode,
+    update,
+)
 from controller.pid_settings import build
 from controller.tagstore import TagStore
 from controller.watchdog import Heart, Liveness
@@ -101,6 +111,8 @@ class LoopGroup:
         self._last_s: float | None = None
         self.ticks = 0
         self.keep: set[str] = set()  # loops whose control continues in a successor (reload)
+        self.primed: set[int] = set()  # in manual at the present output until the first tick
+        self._carried: set[int] = set()  # controlled by a predecessor: not primed (reload)
 
     # --- one tick ---------------------------------------------------------------------
     def compute(self, now_s: float) -> PidTerms:
@@ -155,19 +167,20 @@ class LoopGroup:
         Taking over a heater at 40 % from a device's own controller and writing 0 % first
         would be a bump. A loop whose actuator reports its output (`readback`, else the
         output tag itself) starts in manual at that output for its first tick and goes to
-        auto after it, which the core makes bumpless. Returns the loops to switch back.
+        auto after it, which the core makes bumpless. Loops carried over from a reload are
+        not primed: they are already controlled, and the old group's state is authoritative.
+        Returns the loops to switch back (also kept in `primed` for `run`).
         """
-        store, p = self._store, self.params
-        back = []
+        store = self._store
+        idx, values = [], []
         for i, loop in enumerate(self.loops):
             j = store.index.get(split(loop.readback or loop.output))
-            if j is None or store.quality[j] != Quality.GOOD:
+            if i in self._carried or j is None or store.quality[j] != Quality.GOOD:
                 continue
-            value = min(max(float(store.value[j]), float(p.out_min[i])), float(p.out_max[i]))
-            if self.state.auto[i]:
-                back.append(i)
-            set_mode(self.state, p, [i], False, value)
-        return back
+            idx.append(i)
+            values.append(float(store.value[j]))
+        self.primed |= set(prime_outputs(self.state, self.params, idx, values))
+        return sorted(self.primed)
 
     # --- schedule ---------------------------------------------------------------------
     async def run(
@@ -190,7 +203,10 @@ class LoopGroup:
                 for scan in self.scans(terms, utc_now_ns()):
                     hub.publish(scan)
                 if primed:  # the first tick held the present output: now auto, bumplessly
-                    set_mode(self.state, self.params, primed, True)
+                    # ... except loops a mode command changed meanwhile (they left `primed`)
+                    back = sorted(self.primed.intersection(primed))
+                    set_mode(self.state, self.params, back, True)
+                    self.primed.clear()
                     primed = []
                 self.ticks += 1
                 due += period
@@ -218,28 +234,49 @@ class LoopGroup:
                 log.error("loop %s: could not hand control back: %s", loop.id, error)
 
     def adopt(self, old: LoopGroup) -> set[str]:
-        """Carry on from `old` (a config reload): commanded set points, manual modes, takeovers.
+        """Carry on from `old` (a config reload): set points, outputs, manual modes, takeovers.
 
-        A set point carries over unless the new file changed that loop's `setpoint`. Control
-        carries over only if the new loop's takeover is the same: a loop whose takeover
+        A commanded set point carries over unless the new file changed that loop's
+        `setpoint`, clamped to the new `[sp_min, sp_max]`; the working set point carries
+        over so a ramp goes on from where it is rather than restarting. Control carries over
+        only if the new loop's takeover is the same: such a loop keeps the old state (output,
+        integrator, mode and manual output) and is not primed again. A loop whose takeover
         changed (or went) is handed back by `old`, and the new one takes over afresh.
         Returns the ids carried over, which `old` must then not hand back.
         """
         kept = set()
+        st, was = self.state, old.state
         for i, loop in enumerate(self.loops):
             j = old.index.get(loop.id)
             if j is None:
                 continue
             before = old.loops[j]
             if before.setpoint == loop.setpoint:
-                self.sp_target[i] = old.sp_target[j]
-            if not old.state.auto[j]:
-                out = min(max(old.output(loop.id), loop.out_min), loop.out_max)
-                set_mode(self.state, self.params, [i], False, out)
+                self.sp_target[i] = self._within_sp(loop, float(old.sp_target[j]))
+            st.spw[i] = was.spw[j]
+            manual = not was.auto[j]
             if before.takeover == loop.takeover:
                 self._taken_over[i] = old._taken_over[j]
+                self._carried.add(i)
                 kept.add(loop.id)
+                u = min(max(float(was.u[j]), loop.out_min), loop.out_max)
+                st.i[i] = was.i[j] + (u - was.u[j])  # P + D + I still gives u
+                st.u[i] = u
+                if j in old.primed:  # reloaded before its first tick: still priming
+                    self.primed.add(i)
+            if manual:
+                out = min(max(float(was.manual_output[j]), loop.out_min), loop.out_max)
+                set_mode(st, self.params, [i], False, out)
         return kept
+
+    @staticmethod
+    def _within_sp(loop: LoopConfig, value: float) -> float:
+        """`value` clamped to the loop's set-point limits; a reload may have narrowed them."""
+        clamped = min(max(value, loop.sp_min), loop.sp_max)
+        if clamped != value:
+            why = "loop %s: set point %g outside the new limits [%g, %g], now %g"
+            log.warning(why, loop.id, value, loop.sp_min, loop.sp_max, clamped)
+        return clamped
 
     # --- commands ---------------------------------------------------------------------
     def set_setpoint(self, loop_id: str, value: float) -> None:
@@ -247,8 +284,14 @@ class LoopGroup:
         self.sp_target[self.index[loop_id]] = value
 
     def set_mode(self, loop_id: str, auto: bool, manual_output: float | None = None) -> None:
-        """Auto, or manual at `manual_output` (None: keep the current output); bumpless."""
-        set_mode(self.state, self.params, [self.index[loop_id]], auto, manual_output)
+        """Auto, or manual at `manual_output` (None: keep the current output); bumpless.
+
+        An operator's choice wins over priming: the loop is no longer switched to auto
+        after its first tick.
+        """
+        i = self.index[loop_id]
+        set_mode(self.state, self.params, [i], auto, manual_output)
+        self.primed.discard(i)
 
     def mode(self, loop_id: str) -> str:
         """`auto` or `manual`: what an operator chose (hold/safe are auto with a bad PV)."""
@@ -282,6 +325,26 @@ class LoopGroup:
         return await write_tag(
             self._writers, name, value, cfg.write_timeout_s, retries=cfg.write_retries
         )
+
+
+def prime_outputs(
+    state: PidState, params: PidParams, loops: Sequence[int], values: Sequence[float]
+) -> list[int]:
+    """Put `loops` at the actuators' present outputs `values` (clipped to the output limits).
+
+    Output, manual output and integrator all start there, so the first tick holds the
+    present output even with an output rate limit, and auto goes on from it. Loops in auto
+    go to manual for that first tick; returns them, to be switched back to auto after it.
+    """
+    back = []
+    for i, value in zip(loops, values, strict=True):
+        u = min(max(value, float(params.out_min[i])), float(params.out_max[i]))
+        state.u[i] = u
+        state.i[i] = u
+        if state.auto[i]:
+            back.append(i)
+        set_mode(state, params, [i], False, u)
+    return back
 
 
 async def write_tag(

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller import pid
+from controller.loops import prime_outputs
 from controller.pid_settings import LoopSettings, build
 
 F64 = npt.NDArray[np.float64]
@@ -152,9 +153,11 @@ def run_group(
 ) -> Trace:
     """Take the loops over and run them for `duration_s`; the trace's time starts at 0.
 
-    As the daemon does (controller/loops.py `LoopGroup.prime`): each loop starts in auto
-    with output and integrator at the device's present output, read from the output tag or
-    from `prime_from[output tag]` where the device reports the actuator under another tag.
+    As the daemon does (controller/loops.py `LoopGroup.prime`, through `prime_outputs`):
+    each loop is built at its configured initial output, then primed at the device's present
+    output (output, manual output and integrator), read from the output tag or from
+    `prime_from[output tag]` where the device reports the actuator under another tag; it
+    holds that output in manual for the first tick and goes to auto after it.
     The takeover switch is written before the first output. `probes` are extra tags
     recorded every tick (e.g. door_open).
     """
@@ -165,13 +168,8 @@ def run_group(
     pv_tags = [tag_of(loop.pv) for loop in loops]
     prime = prime_from or {}
     start = plant.read([prime.get(tag, tag) for tag in out_tags])
-    settings = [
-        lp.settings.model_copy(
-            update={"initial_output": min(max(u, lp.settings.out_min), lp.settings.out_max)}
-        )
-        for lp, u in zip(loops, start, strict=True)
-    ]
-    params, state = build(settings, *group.dt_bounds_s)
+    params, state = build([lp.settings for lp in loops], *group.dt_bounds_s)
+    primed = prime_outputs(state, params, range(len(loops)), start)
     sp = np.array([lp.settings.setpoint for lp in loops])
     index = {lp.id: i for i, lp in enumerate(loops)}
     pending = sorted(steps, key=lambda s: s.t_s)
@@ -190,6 +188,9 @@ def run_group(
         terms = pid.update(state, params, pv, sp, group.period_s, np.isfinite(pv))
         for tag, u in zip(out_tags, terms.output, strict=True):
             plant.write(tag, float(u))
+        if primed:  # the first tick held the present output: now auto, as `LoopGroup.run`
+            pid.set_mode(state, params, primed, True)
+            primed = []
         rec["pv"][k], rec["sp"][k], rec["out"][k] = pv, terms.sp, terms.output
         for tag, value in zip(probes, plant.read(probes), strict=True):
             extra[tag][k] = value

@@ -14,6 +14,7 @@ from controller.loops_config import LoopConfig, LoopGroupConfig
 from controller.pid import AUTO, HOLD, SAFE
 from controller.tagstore import TagStore
 from drivers.sample import Quality, Sample, Scan
+from tests.closed_loop_scenarios import door_events, incubator_doors, loop_named
 
 DEVICE = """
 [site]
@@ -235,3 +236,135 @@ async def test_run_ticks_until_stop_and_records_each_tick() -> None:
     assert [s.device for s in recorded] == ["dev.temp"] * 3
     assert [s.tag for s in recorded[0].samples][:4] == ["pv", "sp", "sp_target", "output"]
     assert actuator.writes[-1] == ("auto", 1.0)
+
+
+# --- takeover and reload are bumpless ---------------------------------------------------
+
+
+def group_of(store: TagStore, actuator: FakeActuator, **kw: object) -> LoopGroup:
+    """A one-loop group whose PV does not go stale: ticks are simulated, not waited for."""
+    group_cfg = LoopGroupConfig(id="g", period_s=1.0, stale_after_s=1e6)
+    units = {"dev.t": "degC", "dev.heat": "%"}
+    return LoopGroup(group_cfg, [loop_cfg(**kw)], store, {"dev": actuator}, units)
+
+
+def dev_store() -> TagStore:
+    return TagStore([("dev", [Tag("t", "degC"), Tag("heat", "%"), Tag("auto", "bool")])])
+
+
+async def test_prime_holds_the_present_output_under_an_output_rate_limit() -> None:
+    actuator, store = FakeActuator(), dev_store()
+    group = group_of(store, actuator, out_rate_per_s=10.0, safe_output=0.0, safe_after_s=30.0)
+    reading(store, 37.0, heat=40.0)  # at set point, the device's own loop at 40 %
+    assert group.prime() == [0]
+    now = float(store.t_stored_s[0])
+    await group.write(group.compute(now))
+    assert actuator.writes[1] == ("heat", 40.0)  # not safe_output + rate * dt = 10 %
+    group.set_mode("dev.temp", True)
+    terms = group.compute(now + 1.0)
+    assert (terms.output[0], terms.i[0]) == (40.0, 40.0)  # auto goes on from 40 %
+
+
+def test_a_reload_clamps_the_commanded_set_point_to_the_new_limits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, actuator = dev_store(), FakeActuator()
+    old = group_of(store, actuator, sp_min=30.0, sp_max=39.0)
+    old.set_setpoint("dev.temp", 38.5)
+    new = group_of(store, actuator, sp_min=30.0, sp_max=37.5)
+    new.adopt(old)
+    assert new.sp_target[0] == 37.5
+    assert "loop dev.temp: set point 38.5 outside the new limits [30, 37.5], now 37.5" in (
+        caplog.text
+    )
+
+
+async def test_a_reload_carries_the_ramp_and_the_output_and_does_not_prime_again() -> None:
+    store, actuator = dev_store(), FakeActuator()
+    ramp = {"sp_rate_per_s": 0.05, "out_rate_per_s": 10.0, "safe_output": 0.0}
+    old = group_of(store, actuator, initial_output=40.0, **ramp)
+    old.set_setpoint("dev.temp", 36.0)
+    reading(store, 37.0, heat=40.0)
+    now = float(store.t_stored_s[0])
+    for k in range(10):  # the set point ramps down 0.05/s: 36.0 is 20 s away
+        old.compute(now + k)
+    spw, u, i = float(old.state.spw[0]), float(old.state.u[0]), float(old.state.i[0])
+    new = group_of(store, actuator, **ramp)
+    assert new.adopt(old) == {"dev.temp"}
+    reading(store, 37.0, heat=0.0)  # a readback the carried loop must not be primed from
+    assert new.prime() == []
+    assert (float(new.state.u[0]), float(new.state.i[0])) == (u, i)
+    terms = new.compute(now + 10.0)
+    assert terms.sp[0] == pytest.approx(spw - 0.05)  # the ramp goes on, no step to 37 or 36
+    assert terms.mode[0] == AUTO
+
+
+async def test_a_reload_keeps_the_operators_manual_output() -> None:
+    store, actuator = dev_store(), FakeActuator()
+    slow = {"out_rate_per_s": 1.0, "safe_output": 0.0, "safe_after_s": 30.0}
+    old = group_of(store, actuator, initial_output=20.0, **slow)
+    old.set_mode("dev.temp", False, 80.0)  # the output ramps 1 %/s from 20 % to 80 %
+    reading(store, 37.0, heat=20.0)
+    now = float(store.t_stored_s[0])
+    for k in range(5):
+        old.compute(now + k)
+    new = group_of(store, actuator, initial_output=20.0, **slow)
+    new.adopt(old)
+    reading(store, 37.0, heat=25.0)
+    new.prime()
+    assert new.mode("dev.temp") == "manual"
+    assert new.state.manual_output[0] == 80.0
+    assert new.compute(now + 5.0).output[0] == pytest.approx(26.0)  # still ramping to 80 %
+
+
+async def test_a_mode_command_during_the_first_tick_is_not_undone() -> None:
+    writing, proceed = asyncio.Event(), asyncio.Event()
+
+    class Blocking(FakeActuator):
+        async def write(self, tag: str, value: float) -> None:
+            if tag == "heat" and not proceed.is_set():
+                writing.set()
+                await proceed.wait()
+            await super().write(tag, value)
+
+    actuator, store = Blocking(), dev_store()
+    group = group_of(store, actuator)
+    group.cfg = group.cfg.model_copy(update={"period_s": 0.01, "stale_after_s": 1e6})
+    reading(store, 36.0, heat=40.0)
+    stop = asyncio.Event()
+
+    class Hub:
+        def publish(self, scan: Scan) -> int:
+            stop.set()  # one tick is enough
+            return 0
+
+    task = asyncio.create_task(group.run(stop, Hub()))
+    await asyncio.wait_for(writing.wait(), 10)  # the first (primed) tick is writing
+    group.set_mode("dev.temp", False, 20.0)  # an operator: manual 20 %
+    proceed.set()
+    await asyncio.wait_for(task, 10)
+    assert group.mode("dev.temp") == "manual"
+    assert group.state.manual_output[0] == 20.0
+
+
+def test_an_incubator_takeover_holds_the_chamber_temperature() -> None:
+    """Closed loop, primed as the daemon primes: the heater goes on from its present output.
+
+    Restarting from the safe output at the heater's rate limit cools the chamber by ~1.3 °C.
+    """
+    trace, loops = incubator_doors("inc-1")
+    doors = door_events(trace)
+    before = trace.t < (doors[0].opened_s if doors else math.inf)
+    temp = loop_named(loops, "temp")
+    assert trace.pv[before, trace.col(temp.id)].min() > temp.settings.setpoint - 0.2
+
+
+def test_a_reload_before_the_first_tick_still_goes_to_auto_after_it() -> None:
+    store, actuator = dev_store(), FakeActuator()
+    old = group_of(store, actuator)
+    reading(store, 37.0, heat=40.0)
+    assert old.prime() == [0]  # in manual at 40 % for its first tick, which never came
+    new = group_of(store, actuator)
+    new.adopt(old)
+    assert new.prime() == [0]  # carried over, not primed again, but still to go to auto
+    assert new.state.manual_output[0] == 40.0
