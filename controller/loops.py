@@ -123,6 +123,9 @@ class LoopGroup:
         pv = store.value[idx]
         fresh = (now_s - store.t_stored_s[idx]) <= self.cfg.stale_after_s
         ok = (store.quality[idx] == Quality.GOOD) & fresh
+        h = min(max(dt, self.params.dt_min_s), self.params.dt_max_s)
+        if dt > h:  # a stalled tick: PID math takes the clipped dt, the safe timer wall time
+            self.state.bad_s[~ok] += dt - h
         return update(self.state, self.params, pv, self.sp_target, dt, ok, out=self._terms)
 
     async def write(self, terms: PidTerms) -> None:

@@ -217,6 +217,20 @@ async def test_bad_then_stale_pv_holds_then_goes_safe() -> None:
     assert terms.output[0] == 3.0
 
 
+async def test_slow_ticks_reach_the_safe_state_after_safe_after_s_of_wall_time() -> None:
+    """Ticks 15 s apart (write timeouts, a stalled loop) clip dt for the PID math to 10
+    periods; the safe timer still counts the 15 s, so SAFE comes at safe_after_s."""
+    group, store = make_group(FakeActuator())
+    group.params.safe_after_s[:] = 25.0
+    reading(store, 36.0)
+    now = store.t_stored_s[0]
+    assert group.compute(now).mode[0] == AUTO
+    reading(store, math.nan, q=Quality.BAD)
+    assert group.compute(now + 1.0).mode[0] == HOLD  # bad for 1 s
+    assert group.compute(now + 16.0).mode[0] == HOLD  # 16 s (10 of them in the PID's dt)
+    assert group.compute(now + 31.0).mode[0] == SAFE  # 31 s >= 25 (21 counted by dt alone)
+
+
 async def test_run_ticks_until_stop_and_records_each_tick() -> None:
     actuator = FakeActuator()
     group, store = make_group(actuator)
