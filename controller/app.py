@@ -45,7 +45,7 @@ from controller.daemon_parts import (
 from controller.health import publish_health
 from controller.hub import Hub
 from controller.loops import LoopGroup
-from controller.loops_config import split
+from controller.loops_config import loop_tag_names, split
 from controller.poller import Poller, scan_phase_s
 from controller.reload import ReloadRefused, batch_conflict, diff
 from controller.self_watch import alarm_health, archive_commits, close_archive, record_self
@@ -344,8 +344,9 @@ class Daemon:
         await self._stop_devices(list(self.devices.values()))
 
     async def _run_loops(self, group: LoopGroup, stop: asyncio.Event) -> None:
-        """A loop group starts once every device it reads or writes has been scanned."""
-        devices = {split(name)[0] for loop in group.loops for name in (loop.pv, loop.output)}
+        """A loop group starts once every device it reads or writes has been scanned (its
+        readback too: priming from a readback not yet read would start at the safe output)."""
+        devices = {split(name)[0] for loop in group.loops for name in loop_tag_names(loop)}
         first = [run.poller.scanned.wait() for d, run in self.devices.items() if d in devices]
         await asyncio.gather(*first)
         if stop.is_set():  # stopped before a first tick: control it carried over goes back

@@ -118,3 +118,13 @@ def split(obj: str) -> tuple[str, str]:
     """`device.name` -> (device, name)."""
     device, name = obj.split(".", 1)
     return device, name
+
+
+def loop_tag_names(loop: LoopConfig) -> list[str]:
+    """Every `device.tag` a loop reads or writes: PV, output, readback, takeover switch."""
+    names = [loop.pv, loop.output]
+    if loop.readback is not None:
+        names.append(loop.readback)
+    if loop.takeover is not None:
+        names.append(loop.takeover.tag)
+    return names

@@ -10,7 +10,7 @@ import pytest
 
 from controller.cli import main
 from controller.loops import LoopGroup
-from controller.loops_config import LoopConfig, LoopGroupConfig
+from controller.loops_config import LoopConfig, LoopGroupConfig, loop_tag_names
 from controller.pid import AUTO, HOLD, SAFE
 from controller.tagstore import TagStore
 from drivers.sample import Quality, Sample, Scan
@@ -382,3 +382,10 @@ def test_a_reload_before_the_first_tick_still_goes_to_auto_after_it() -> None:
     new.adopt(old)
     assert new.prime() == [0]  # carried over, not primed again, but still to go to auto
     assert new.state.manual_output[0] == 40.0
+
+
+def test_a_group_waits_for_every_device_a_loop_touches() -> None:
+    """PV, output, readback and takeover switch: a readback not yet read would prime the
+    loop from its safe output."""
+    loop = loop_cfg(readback="rb.heat_fb", takeover={"tag": "sw.auto", "remote": 0, "local": 1})
+    assert loop_tag_names(loop) == ["dev.t", "dev.heat", "rb.heat_fb", "sw.auto"]
