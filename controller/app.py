@@ -27,7 +27,7 @@ from controller.alarm_service import (
 )
 from controller.alarms import AlarmEvent
 from controller.audit import AuditTrail, trail_path
-from controller.batch_archive import BatchArchive, archive_path
+from controller.batch_archive import BatchArchive
 from controller.batches import BatchRegistry
 from controller.command_service import audit_event
 from controller.config import SiteConfig
@@ -37,6 +37,7 @@ from controller.daemon_parts import (
     DeviceRun,
     Sink,
     build_store,
+    open_archive,
     open_spool,
     units_of,
     warn_orphan_batches,
@@ -91,7 +92,7 @@ class Daemon:
         if self.batches is not None:
             self.hub.batches = self.batches.by_device
             warn_orphan_batches(self.batches.by_device, self.devices)
-            self.archive = BatchArchive(archive_path(cfg.state.dir))
+            self.archive = open_archive(cfg.state.dir)
             self.hub.archive = self.archive
         self.alarms = self._alarm_service(cfg)
         self.control = ControlPlane(

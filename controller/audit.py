@@ -33,6 +33,7 @@ from controller.audit_record import (
     sha256_hex,
     utc_now,
 )
+from controller.errors import RefusedToStart
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class TrailLocked(RuntimeError):
     """Another process already writes this trail (a second daemon on the same state dir)."""
 
 
-class TrailCorrupt(RuntimeError):
+class TrailCorrupt(RefusedToStart):
     """The trail's last complete line is unreadable, so there is nothing to chain to."""
 
 

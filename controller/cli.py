@@ -10,7 +10,9 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import math
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
@@ -19,16 +21,53 @@ from typing import Any
 
 from controller import backup, cmd_cli, eventloop, report_cli
 from controller.configload import ConfigError, load_site
+from controller.errors import RefusedToStart
 from controller.logsetup import setup_logging
 
 EXIT_INVALID = 2
 
 
+EXIT_FAILED = 1  # could not do it: the message says what and where
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `cellfab` console script."""
+    """Entry point of the `cellfab` console script.
+
+    What the state or the machine refuses (a corrupt or locked state file, a path that is a
+    file where a folder is needed, a port in use) ends in one line naming it, never a
+    traceback; Ctrl-C ends quietly with 130. Anything else is a bug and keeps its traceback.
+    """
     args = _parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except (OSError, sqlite3.Error, RefusedToStart) as exc:
+        name = argv[0] if argv else (sys.argv[1] if len(sys.argv) > 1 else "cellfab")
+        print(f"cellfab {name}: {_describe(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (NaN, inf, -1 are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0: {text}")
+    return value
+
+
+def _describe(exc: BaseException) -> str:
+    """One line: an OSError names its file; an sqlite3 error is given its type."""
+    if isinstance(exc, sqlite3.Error):
+        return f"database error: {exc}"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--duration-s",
-        type=float,
+        type=_positive_seconds,
         default=None,
         help="stop after this many seconds (default: until Ctrl-C)",
     )

@@ -92,17 +92,21 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, KeyFileError) as exc:
         print(f"cellfab cmd: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    request = sign_request(
-        args.user,
-        key,
-        args.verb,
-        body,
-        site=cfg.site.id,
-        reason=args.reason,
-        now=datetime.now(UTC),
-        nonce=new_nonce(),
-        client=f"cellfab-cmd {socket.gethostname()}",
-    )
+    try:
+        request = sign_request(
+            args.user,
+            key,
+            args.verb,
+            body,
+            site=cfg.site.id,
+            reason=args.reason,
+            now=datetime.now(UTC),
+            nonce=new_nonce(),
+            client=f"cellfab-cmd {socket.gethostname()}",
+        )
+    except ValueError as exc:  # NaN or inf: no JSON form, so nothing to sign
+        print(f"cellfab cmd: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     tls = None
     if endpoint.tls:
         ca = cfg.mqtt.tls_ca_file
@@ -133,5 +137,8 @@ def run(args: argparse.Namespace) -> int:
 def _key(path: Path | None) -> bytes:
     if path is not None:
         return read_key(path)
-    text = getpass.getpass("key (hex or base64): ")
+    try:
+        text = getpass.getpass("key (hex or base64): ")
+    except EOFError:  # no terminal and nothing on stdin
+        raise ValueError("no key: give --key-file, or type it at the prompt") from None
     return decode_key(text.strip())

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from controller.alarm_service import SYSTEM, SYSTEM_TAGS, RoomTag, room_stream
+from controller.batch_archive import BatchArchive, archive_path
 from controller.config import SiteConfig
+from controller.errors import RefusedToStart
 from controller.loops import Writer, loop_tags
 from controller.loops_check import catalog
 from controller.poller import Poller
@@ -92,14 +96,33 @@ def open_spool(cfg: SiteConfig) -> Spool:
         )
         n_tags = max(1, round(len(tags) / max(1, len(cfg.devices))))
         budget = budget_hours_to_bytes(rate, mean_scan_bytes(n_tags), sp.budget_hours or 24.0)
-    return Spool(
-        cfg.state.dir / "spool.sqlite",
-        budget_bytes=budget,
-        gmp_devices=sp.gmp_devices,
-        synchronous=sp.synchronous,
-        max_buffered_scans=sp.max_buffered_scans,
-        on_alarm=spool_alarm,
-    )
+    path = cfg.state.dir / "spool.sqlite"
+    try:
+        return Spool(
+            path,
+            budget_bytes=budget,
+            gmp_devices=sp.gmp_devices,
+            synchronous=sp.synchronous,
+            max_buffered_scans=sp.max_buffered_scans,
+            on_alarm=spool_alarm,
+        )
+    except sqlite3.DatabaseError as exc:  # not a database, or damaged beyond opening
+        raise RefusedToStart(
+            f"spool {path}: {exc}: move the file aside (its data are lost to the sinks) "
+            "or restore the state from a backup (cellfab restore)"
+        ) from None
+
+
+def open_archive(state_dir: Path) -> BatchArchive:
+    """The batch archive of the state dir; a file that is not a database stops the start."""
+    path = archive_path(state_dir)
+    try:
+        return BatchArchive(path)
+    except sqlite3.DatabaseError as exc:
+        raise RefusedToStart(
+            f"batch archive {path}: {exc}: move the file aside or restore the state from a "
+            "backup (cellfab restore); batch records need it"
+        ) from None
 
 
 def spool_alarm(active: bool, fraction: float) -> None:

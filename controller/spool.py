@@ -30,6 +30,7 @@ from typing import IO, Literal, NamedTuple
 
 from controller import spool_outages
 from controller.cancel import wait_at_most
+from controller.errors import RefusedToStart
 from controller.spool_budget import (
     ROW_OVERHEAD,
     Budget,
@@ -74,7 +75,7 @@ class _Outcome(NamedTuple):
     cleanup_left: bool  # more acked scans to delete than one chunk
 
 
-class SpoolLocked(RuntimeError):
+class SpoolLocked(RefusedToStart):
     """Another process has this spool open: two writers would number scans twice."""
 
 
