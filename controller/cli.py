@@ -252,6 +252,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     from simulators.runner import serve_until  # noqa: PLC0415
 
+    if not any(getattr(dev, "simulator", None) for dev in cfg.devices):
+        print(f"{args.config}: no device has a [devices.simulator] table", file=sys.stderr)
+        return EXIT_INVALID
+
     async def simulate(stop: asyncio.Event) -> None:
         await serve_until(cfg.devices, stop, cfg.buses)
 

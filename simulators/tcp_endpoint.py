@@ -162,7 +162,9 @@ class ModbusTcpEndpoint:
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:  # pymodbus logs the errno, raises without it
-            raise RuntimeError(f"simulator cannot listen on {self.where}") from exc
+            # an OSError, as the bind failure it is: `cellfab simulate` says it in one line
+            why = f"simulator cannot listen on {self.where} (port in use, or not this host's)"
+            raise OSError(why) from exc
         listener = cast(asyncio.Server, server.transport)
         self.port = int(listener.sockets[0].getsockname()[1])
         self.server = server

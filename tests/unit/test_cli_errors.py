@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,3 +99,27 @@ def test_cmd_with_a_value_that_has_no_json_form_is_bad_input(
     err = capsys.readouterr().err
     assert code == 2
     assert "Traceback" not in err and "NaN" in err
+
+
+def test_simulate_on_a_port_in_use_says_which_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        text = SITE.format(state=tmp_path / "state").replace("port = 1\n", f"port = {port}\n")
+        text += "[devices.simulator]\nseed = 1\n"
+        path = tmp_path / "site.toml"
+        path.write_text(text)
+        code = main(["simulate", "-c", str(path), "--log-level", "ERROR"])
+    err = capsys.readouterr().err
+    assert code == EXIT_FAILED
+    assert "Traceback" not in err and f"cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_simulate_a_file_without_simulators_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", "-c", str(site(tmp_path))]) == 2
+    assert "no device has a [devices.simulator] table" in capsys.readouterr().err
