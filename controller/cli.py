@@ -45,8 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except (OSError, sqlite3.Error, RefusedToStart) as exc:
-        name = argv[0] if argv else (sys.argv[1] if len(sys.argv) > 1 else "cellfab")
-        print(f"cellfab {name}: {_describe(exc)}", file=sys.stderr)
+        print(f"cellfab {args.command}: {_describe(exc)}", file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -75,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="cellfab",
         description="Control and telemetry daemon for GMP cell-therapy cleanrooms.",
     )
-    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
 
     run = sub.add_parser(
         "run",

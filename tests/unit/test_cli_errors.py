@@ -123,3 +123,11 @@ def test_simulate_a_file_without_simulators_is_bad_input(
 ) -> None:
     assert main(["simulate", "-c", str(site(tmp_path))]) == 2
     assert "no device has a [devices.simulator] table" in capsys.readouterr().err
+
+
+def test_the_one_line_names_the_sub_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "state").write_text("a file, not a folder")
+    main(["run", "-c", str(site(tmp_path)), "--log-level", "ERROR"])
+    assert capsys.readouterr().err.startswith("cellfab run: ")
